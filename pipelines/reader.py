@@ -1,0 +1,153 @@
+"""Read a corpus with Ray Data: text, jsonl or parquet files, local or on any pyarrow filesystem (s3://, gs://).
+
+Text and jsonl files are streamed in chunks of whole lines (`LineChunks`): one Ray row per few MB, so Ray's
+per-row cost is paid once per chunk, not once per line, and every chunk knows its file and first line number —
+which is how a bad record is reported as `file:line: what was wrong`. Parquet files are read by Ray's own reader
+(column pruned to the text field) after their schemas are checked up front.
+
+`parse_rows` turns one batch of either kind into documents and a list of bad records; it runs inside the
+tokenizer actors (pipelines/tokenize.py) and in the tokenizer-training sampler.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data.datasource import FileBasedDatasource
+
+from pipelines import storage
+
+FORMATS = {"text": (".txt", ".text"), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class BadRecordError(ValueError):
+    """A corpus record that cannot be used (with on_bad_record=fail); the message names file and line."""
+
+
+class LineChunks(FileBasedDatasource):
+    """Rows of `{path, first_line, data}`: each `data` a run of whole lines of about `chunk_bytes` bytes."""
+
+    def __init__(self, paths: list[str], *, chunk_bytes: int):
+        super().__init__(paths)
+        self.chunk_bytes = chunk_bytes
+
+    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
+        line, carry = 1, b""
+        while True:
+            data = f.read(self.chunk_bytes)
+            if not data:
+                break
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a chunk: keep reading until it ends
+                carry = data
+                continue
+            chunk, carry = data[:cut], data[cut:]
+            yield _chunk_row(path, line, chunk)
+            line += chunk.count(b"\n")
+        if carry:
+            yield _chunk_row(path, line, carry)
+
+
+def _chunk_row(path: str, line: int, data: bytes) -> pa.Table:
+    return pa.table({"path": [path], "first_line": pa.array([line], pa.int64()),
+                     "data": pa.array([data], pa.large_binary())})
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"data.format must be one of {sorted(FORMATS)}, got {fmt!r}")
+
+
+def read_corpus(files: list[str], *, fmt: str, field_name: str, chunk_bytes: int) -> ray.data.Dataset:
+    """A lazy Ray Dataset over the corpus files (chunks of lines, or parquet rows of the text column)."""
+    check_format(fmt)
+    if fmt == "parquet":
+        for path in files:
+            fs, p = storage.filesystem(path)
+            try:
+                schema = pq.read_schema(p, filesystem=fs)
+            except pa.ArrowInvalid as e:
+                raise BadRecordError(f"{path}: not a parquet file ({e})") from None
+            if field_name not in schema.names:
+                raise BadRecordError(f"{path}: no column {field_name!r} (columns: {schema.names}); set data.field")
+        return ray.data.read_parquet(files, columns=[field_name], include_paths=True)
+    return ray.data.read_datasource(LineChunks(files, chunk_bytes=chunk_bytes))
+
+
+@dataclass
+class Parsed:
+    """Documents parsed from a batch, and what was skipped (as `file:line: reason` strings)."""
+
+    texts: list[str] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+def parse_rows(batch: pa.Table, *, fmt: str, field_name: str, on_bad_record: str) -> Parsed:
+    out = Parsed()
+    if fmt == "parquet":
+        paths, values = batch.column("path").to_pylist(), batch.column(field_name).to_pylist()
+        for path, value in zip(paths, values):
+            if isinstance(value, str) and value.strip():
+                out.texts.append(value)
+                out.bytes += len(value)
+            elif not isinstance(value, str):
+                _bad(out, f"{path}: column {field_name!r} holds {type(value).__name__}, expected a string",
+                     on_bad_record)
+        return out
+    for path, first_line, data in zip(batch.column("path").to_pylist(), batch.column("first_line").to_pylist(),
+                                      batch.column("data").to_pylist()):
+        out.bytes += len(data)
+        for lineno, line in _decode_lines(data, path, first_line, out, on_bad_record):
+            if not line.strip():
+                continue
+            if fmt == "text":
+                out.texts.append(line)
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                _bad(out, f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})", on_bad_record)
+                continue
+            value = record.get(field_name) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                what = "no field" if not isinstance(record, dict) or field_name not in record else "a non-string field"
+                _bad(out, f"{path}:{lineno}: {what} {field_name!r} (expected a JSON object with a string "
+                          f"{field_name!r}; set data.field)", on_bad_record)
+            elif value.strip():
+                out.texts.append(value)
+    return out
+
+
+def _decode_lines(data: bytes, path: str, first_line: int, out: Parsed, on_bad_record: str):
+    """(line number, text) for each line; lines that are not UTF-8 are reported as bad records."""
+    try:
+        yield from enumerate(data.decode("utf-8").split("\n"), start=first_line)
+        return
+    except UnicodeDecodeError:
+        pass
+    for lineno, raw in enumerate(data.split(b"\n"), start=first_line):
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            _bad(out, f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})",
+                 on_bad_record)
+
+
+def _bad(out: Parsed, message: str, on_bad_record: str) -> None:
+    if on_bad_record == "fail":
+        raise BadRecordError(message)
+    out.bad.append(message)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a document: split after . ! ? followed by whitespace (and at newlines)."""
+    return [s for line in text.split("\n") for s in _SENTENCE_END.split(line.strip()) if s]
