@@ -13,12 +13,15 @@ import os
 from typing import Any, Mapping
 
 import ray
+import ray.data
 
 log = logging.getLogger(__name__)
 
 
 def connect(cfg: Mapping[str, Any]) -> dict:
     """Connect to Ray as `cfg` (the `cluster` group) says; returns the cluster's resources."""
+    # Ray Data's per-operator progress bars flood logs that are not a terminal (jobs, CI, Train workers).
+    ray.data.DataContext.get_current().enable_progress_bars = cfg["progress_bars"]
     if ray.is_initialized():
         return ray.cluster_resources()
     runtime_env = {"env_vars": dict(cfg["env_vars"] or {})} if cfg["env_vars"] else None

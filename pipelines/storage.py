@@ -7,10 +7,12 @@ them at shared storage by config alone. Relative local paths are made absolute a
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
+import tempfile
 from typing import Iterable
 
 import pyarrow.fs as pafs
@@ -109,3 +111,22 @@ def fingerprint(files: list[str]) -> str:
 
 def config_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def local_dir(path: str):
+    """A local directory with the contents of `path`: itself when local, a temporary download for a URI."""
+    if not is_uri(path):
+        yield absolute(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        fs, p = filesystem(path)
+        pafs.copy_files(p, tmp, source_filesystem=fs)
+        yield tmp
+
+
+def upload_dir(local: str, target: str) -> None:
+    """Copy a local directory to `target` (a local path or URI)."""
+    fs, p = filesystem(target)
+    fs.create_dir(p, recursive=True)
+    pafs.copy_files(local, p, destination_filesystem=fs)

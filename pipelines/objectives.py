@@ -1,0 +1,153 @@
+"""Training objectives: each one wraps a model and turns a batch into a loss and summable statistics.
+
+An objective is an `nn.Module` whose `forward(batch, generator)` returns `(loss, stats)`, where `stats` maps a
+metric name to `(sum, count)` tensors — sums add up across micro-batches, evaluation batches and workers, and
+the loop divides once. Wrapping the model lets DDP/FSDP see every head an objective uses inside one `forward`.
+Every objective lists its `stat_names` (the same on every worker, so they can be summed with one all-reduce).
+Adding an objective is a class here, an entry in OBJECTIVES and a conf/objective/*.yaml; the loop never changes.
+
+- `clm`: next-token cross-entropy over packed blocks (decoder).
+- `mlm`: BERT dynamic masking, drawn anew every step from the given generator: `mask_prob` of the non-special
+  tokens are chosen; of those `mask_token_frac` become <mask>, `random_token_frac` a random ordinary token, the
+  rest stay — the model predicts the originals at all chosen positions (encoder).
+- `nsp`: is segment B the next sentence after A? (encoder, pooled first token).
+- `mlm_nsp`: the sum of both, on the same batch (BERT pre-training).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE = -100
+Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def mask_tokens(input_ids: torch.Tensor, *, maskable: torch.Tensor, mask_prob: float, mask_token_frac: float,
+                random_token_frac: float, mask_id: int, random_low: int, vocab_size: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked inputs, labels): labels hold the original id at chosen positions and IGNORE elsewhere."""
+    draw = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    chosen = (draw < mask_prob) & maskable
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+    how = torch.rand(input_ids.shape, generator=generator, device=input_ids.device)
+    to_mask = chosen & (how < mask_token_frac)
+    to_random = chosen & (how >= mask_token_frac) & (how < mask_token_frac + random_token_frac)
+    random_ids = torch.randint(random_low, vocab_size, input_ids.shape, generator=generator,
+                               device=input_ids.device)
+    inputs = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
+    inputs = torch.where(to_random, random_ids, inputs)
+    return inputs, labels
+
+
+def _stat(total: torch.Tensor, count) -> tuple[torch.Tensor, torch.Tensor]:
+    return total.detach().float(), torch.as_tensor(count, dtype=torch.float32, device=total.device)
+
+
+class CausalLM(nn.Module):
+    model_kind, shard_format, ppl_of = "decoder", "clm", "loss"
+    stat_names = ("loss",)
+
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int]):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
+        ids = batch["input_ids"].long()  # (B, T + 1)
+        logits = self.model(ids[:, :-1])  # (B, T, V)
+        targets = ids[:, 1:]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return loss, {"loss": _stat(loss * targets.numel(), targets.numel())}
+
+    @staticmethod
+    def tokens(batch) -> int:
+        return batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
+
+
+class PairObjective(nn.Module):
+    """Shared by the encoder objectives: sentence-pair batches, masking settings, the encoder pass."""
+
+    model_kind, shard_format = "encoder", "pairs"
+    use_mlm = use_nsp = False
+    ppl_of: str | None = None
+
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int]):
+        super().__init__()
+        self.model = model
+        self.cfg = dict(cfg)
+        self.special = special_ids
+        # Random replacements are drawn from ordinary pieces, after the special tokens.
+        self.random_low = max(special_ids.values()) + 1
+        self.vocab_size = model.cfg.vocab_size
+
+    def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
+        ids = batch["input_ids"].long()  # (B, T)
+        attention_mask = ids != self.special["pad"]
+        labels = None
+        if self.use_mlm:
+            maskable = attention_mask & (ids != self.special["cls"]) & (ids != self.special["sep"])
+            ids, labels = mask_tokens(ids, maskable=maskable, mask_prob=self.cfg["mask_prob"],
+                                      mask_token_frac=self.cfg["mask_token_frac"],
+                                      random_token_frac=self.cfg["random_token_frac"], mask_id=self.special["mask"],
+                                      random_low=self.random_low, vocab_size=self.vocab_size, generator=generator)
+        hidden = self.model(ids, token_type_ids=batch["token_type_ids"].long(), attention_mask=attention_mask)
+        loss, stats = hidden.new_zeros(()), {}
+        if self.use_mlm:
+            chosen = labels != IGNORE
+            logits = self.model.mlm_logits(hidden[chosen])  # (N_masked, V): decode only the chosen positions
+            n = int(chosen.sum())
+            mlm = F.cross_entropy(logits.float(), labels[chosen]) if n else logits.sum() * 0.0
+            loss = loss + mlm
+            stats["mlm_loss"] = _stat(mlm * n, n)
+            stats["mlm_acc"] = _stat((logits.argmax(-1) == labels[chosen]).sum(), n)
+        if self.use_nsp:
+            target = batch["is_next"].long()
+            logits = self.model.nsp_logits(hidden)  # (B, 2)
+            nsp = F.cross_entropy(logits.float(), target)
+            loss = loss + nsp
+            stats["nsp_loss"] = _stat(nsp * len(target), len(target))
+            stats["nsp_acc"] = _stat((logits.argmax(-1) == target).sum(), len(target))
+        stats["loss"] = _stat(loss * len(ids), len(ids))
+        return loss, stats
+
+    @staticmethod
+    def tokens(batch) -> int:
+        return batch["input_ids"].numel()
+
+
+class MaskedLM(PairObjective):
+    use_mlm, ppl_of = True, "mlm_loss"
+    stat_names = ("loss", "mlm_acc", "mlm_loss")
+
+
+class NextSentence(PairObjective):
+    use_nsp, ppl_of = True, None
+    stat_names = ("loss", "nsp_acc", "nsp_loss")
+
+
+class MaskedLMNextSentence(PairObjective):
+    use_mlm = use_nsp = True
+    ppl_of = "mlm_loss"
+    stat_names = ("loss", "mlm_acc", "mlm_loss", "nsp_acc", "nsp_loss")
+
+
+OBJECTIVES: dict[str, type[nn.Module]] = {
+    "clm": CausalLM, "mlm": MaskedLM, "nsp": NextSentence, "mlm_nsp": MaskedLMNextSentence,
+}
+
+
+def objective_class(name: str) -> type[nn.Module]:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)} (objective=...)")
+    return OBJECTIVES[name]
+
+
+def summarize(stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]], ppl_of: str | None) -> dict[str, float]:
+    """Divide summed statistics; `ppl` is exp of the language-modelling loss named `ppl_of`."""
+    out = {k: float(s / c) if float(c) else float("nan") for k, (s, c) in stats.items()}
+    if ppl_of in out:
+        out["ppl"] = float(torch.tensor(out[ppl_of]).clamp(max=50).exp())
+    return out

@@ -1,0 +1,288 @@
+"""The one training loop: a Ray Train V2 worker function shared by every objective and stage.
+
+Each worker builds the model and its objective, streams its share of the token shards
+(`ray.train.get_dataset_shard(...).iter_torch_batches`, prefetched, never materialised), and runs optimizer steps of
+`grad_accum` micro-batches: AdamW (no decay on norms, biases, embeddings), linear warmup then cosine decay, gradient
+clipping, bf16 autocast and fused AdamW on GPU, optional torch.compile, DDP (default) or FSDP2 (`fully_shard`).
+
+Every `log_every` steps all ranks `ray.train.report` metrics (loss, lr, grad-norm, tokens/s, MFU, step time and the
+share spent waiting for data); rank 0 prints a progress line and logs to wandb when chosen. Every `eval_every` steps
+the validation shards are evaluated. Every `ckpt_every` steps rank 0 attaches a checkpoint: the model in the models
+package's safetensors format plus `train_state.safetensors` (optimizer, scheduler, step, data position).
+
+Resuming (after a worker failure, `FailureConfig(max_failures)`, or a new run with the same name and storage):
+weights, optimizer and scheduler come back from the latest checkpoint and training continues at the saved step.
+The data position is (epoch, micro-batches consumed in that epoch): the resumed run starts that epoch's stream
+again and skips the consumed micro-batches without computing on them. Randomness (MLM masking, dropout) is seeded
+from (seed, rank, step) at every step, so nothing random needs saving and a resumed step draws the same masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from models import build_model, load_state, load_weights_into, save_checkpoint, save_state
+from models.checkpoint import unwrap_model
+from pipelines import storage
+from pipelines.objectives import objective_class, summarize
+
+TRAIN_STATE = "train_state.safetensors"
+
+
+def train_func(config: dict[str, Any]) -> dict:
+    t = config["trainer"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(t["seed"])  # identical initial weights on every rank
+    if t["torch_threads"]:
+        torch.set_num_threads(t["torch_threads"])
+
+    model = build_model(config["model"])
+    if config["init_from"]:
+        with storage.local_dir(config["init_from"]) as path:
+            load_weights_into(model, path)
+    objective = objective_class(config["objective"]["name"])(model, config["objective"], config["special_ids"])
+    start = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    checkpoint = ray.train.get_checkpoint()
+    resumed_state = None
+    if checkpoint:
+        with checkpoint.as_directory() as path:
+            load_weights_into(model, path)
+            resumed_state = load_state(os.path.join(path, TRAIN_STATE))
+        start = resumed_state["position"]
+        if rank == 0:
+            print(f"resuming from step {start['step']} (epoch {start['epoch']}, "
+                  f"micro-batch {start['batch_in_epoch']})", flush=True)
+
+    module = wrap(objective, t, device, world)
+    optimizer = make_optimizer(model, t, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t))
+    if resumed_state:
+        optimizer.load_state_dict(resumed_state["optimizer"])
+        scheduler.load_state_dict(resumed_state["scheduler"])
+
+    logger = make_logger(config, rank)
+    loop = Loop(config, objective, module, optimizer, scheduler, device, rank, world, logger)
+    final = loop.run(start)
+    if logger:
+        logger.finish()
+    return final | {"resumed_from_step": start["step"]}
+
+
+def wrap(objective: torch.nn.Module, t: dict, device: torch.device, world: int) -> torch.nn.Module:
+    if t["strategy"] == "fsdp" and world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        objective.to(device)
+        for layer in objective.model.layers:
+            fully_shard(layer)
+        module = fully_shard(objective)
+    elif t["strategy"] in ("ddp", "fsdp"):
+        # NSP leaves the MLM head unused: DDP must be told, or it waits for its gradients forever.
+        module = ray.train.torch.prepare_model(
+            objective, parallel_strategy="ddp",
+            parallel_strategy_kwargs={"find_unused_parameters": not getattr(objective, "use_mlm", True)})
+    else:
+        raise ValueError(f"trainer.strategy must be ddp or fsdp, got {t['strategy']!r}")
+    return torch.compile(module) if t["compile"] else module
+
+
+def make_optimizer(model: torch.nn.Module, t: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay on matrices only: norms, biases and embeddings are not decayed."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"],
+                             fused=device.type == "cuda")
+
+
+def lr_lambda(t: dict):
+    """Linear warmup to the peak, then cosine decay to `min_lr_ratio` of it at max_steps."""
+    warmup, total, floor = t["warmup_steps"], t["max_steps"], t["min_lr_ratio"]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_logger(config: dict, rank: int):
+    """wandb on rank 0 when logger=wandb (imported only then); offline unless configured otherwise."""
+    lcfg = config["logger"]
+    if rank != 0 or lcfg["name"] != "wandb":
+        return None
+    import wandb
+
+    return wandb.init(project=lcfg["project"], entity=lcfg["entity"], mode=lcfg["mode"], tags=lcfg["tags"],
+                      dir=lcfg["dir"] or tempfile.mkdtemp(prefix="wandb-"), name=config["run_name"],
+                      config={k: config[k] for k in ("model", "objective", "trainer", "stage")})
+
+
+def all_reduce_sum(values: list[float], device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class Loop:
+    """The step loop of one worker; `run` returns the final metrics (rank 0's become Result.return_value)."""
+
+    def __init__(self, config, objective, module, optimizer, scheduler, device, rank, world, logger):
+        self.c, self.t = config, config["trainer"]
+        self.objective, self.module, self.optimizer, self.scheduler = objective, module, optimizer, scheduler
+        self.device, self.rank, self.world, self.logger = device, rank, world, logger
+        self.generator = torch.Generator(device=device)
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.t["precision"] == "bf16"
+                         else contextlib.nullcontext())
+        self.flops_per_token = unwrap_model(objective).model.flops_per_token(config["seq_len"])
+        self.history: list[dict] = []
+
+    def batches(self, position: dict):
+        """Micro-batches forever, epoch after epoch, tracking (epoch, batch_in_epoch) in `position`."""
+        shard = ray.train.get_dataset_shard("train")
+        skip = position["batch_in_epoch"]
+        while True:
+            got_any = False
+            for i, batch in enumerate(shard.iter_torch_batches(
+                    batch_size=self.t["micro_batch_size"], drop_last=True, prefetch_batches=self.t["prefetch_batches"],
+                    local_shuffle_buffer_size=self.t["shuffle_buffer"] or None,
+                    local_shuffle_seed=self.t["seed"] + position["epoch"], device=self.device)):
+                got_any = True
+                if i < skip:
+                    continue
+                position["batch_in_epoch"] = i + 1
+                yield batch
+            if not got_any:
+                raise RuntimeError("the training shards hold fewer examples than one micro-batch per worker")
+            position["epoch"] += 1
+            position["batch_in_epoch"], skip = 0, 0
+
+    def run(self, start: dict) -> dict:
+        t = self.t
+        position = dict(start)
+        step = position["step"]
+        stream = self.batches(position)
+        window = {"loss": 0.0, "steps": 0, "tokens": 0, "wait": 0.0, "start": time.perf_counter(), "gnorm": 0.0}
+        metrics: dict = {}
+        self.module.train()
+        while step < t["max_steps"]:
+            if t["fail_at_step"] is not None and step == t["fail_at_step"] and start["step"] == 0 \
+                    and self.rank == t["fail_rank"]:
+                raise RuntimeError(f"injected fault at step {step} on rank {self.rank} (trainer.fail_at_step)")
+            self.generator.manual_seed(t["seed"] * 1_000_003 + step * 7919 + self.rank)
+            torch.manual_seed(t["seed"] * 1_000_003 + step * 7919 + self.rank)
+            loss_sum = 0.0
+            for micro in range(t["grad_accum"]):
+                waited = time.perf_counter()
+                batch = next(stream)
+                window["wait"] += time.perf_counter() - waited
+                sync = micro == t["grad_accum"] - 1 or not hasattr(self.module, "no_sync")
+                with (contextlib.nullcontext() if sync else self.module.no_sync()), self.autocast:
+                    loss, _ = self.module(batch, self.generator)
+                (loss / t["grad_accum"]).backward()
+                loss_sum += loss.detach()
+                window["tokens"] += self.objective.tokens(batch)
+            gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), t["grad_clip"])
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            position["step"] = step
+            window["loss"] += float(loss_sum) / t["grad_accum"]
+            window["gnorm"] += float(gnorm)
+            window["steps"] += 1
+            last = step == t["max_steps"]
+            if step % t["log_every"] == 0 or last:
+                metrics = self.window_metrics(step, window)
+                window = {"loss": 0.0, "steps": 0, "tokens": 0, "wait": 0.0, "start": time.perf_counter(),
+                          "gnorm": 0.0}
+            if (step % t["eval_every"] == 0 or last) and self.c["has_valid"]:
+                metrics |= {f"val_{k}": v for k, v in self.evaluate().items()}
+            if step % t["ckpt_every"] == 0 or last:
+                self.report(metrics, position)
+            elif step % t["log_every"] == 0:
+                ray.train.report(metrics, checkpoint=None)
+            if metrics.get("step") == step:
+                self.log(metrics)
+                window["start"] = time.perf_counter()  # evaluation and checkpointing are not training time
+        return metrics | {"history": self.history}
+
+    def window_metrics(self, step: int, window: dict) -> dict:
+        loss, steps, tokens, wait, gnorm = all_reduce_sum(
+            [window["loss"], window["steps"], window["tokens"], window["wait"], window["gnorm"]], self.device)
+        elapsed = time.perf_counter() - window["start"]
+        metrics = {"step": step, "loss": loss / steps, "lr": self.scheduler.get_last_lr()[0],
+                   "grad_norm": gnorm / steps, "tokens_per_s": tokens / elapsed,
+                   "step_time_s": elapsed / (steps / self.world), "data_wait_share": wait / self.world / elapsed}
+        if self.t["peak_tflops"]:
+            metrics["mfu"] = metrics["tokens_per_s"] * self.flops_per_token / (self.t["peak_tflops"] * 1e12 * self.world)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation loss/perplexity/accuracies over this worker's validation shard, summed over workers."""
+        objective = unwrap_model(self.objective)  # no DDP: ranks may see different batch counts
+        objective.eval()
+        generator = torch.Generator(device=self.device).manual_seed(self.t["seed"])  # same masks every eval
+        sums: dict[str, list[float]] = {}
+        shard = ray.train.get_dataset_shard("valid")
+        for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.t["micro_batch_size"], device=self.device)):
+            if self.t["eval_batches"] and i >= self.t["eval_batches"]:
+                break
+            with self.autocast:
+                _, stats = objective(batch, generator)
+            for k, (s, c) in stats.items():
+                acc = sums.setdefault(k, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + float(s), acc[1] + float(c)
+        names = objective.stat_names
+        flat = all_reduce_sum([v for k in names for v in sums.get(k, [0.0, 0.0])], self.device)
+        objective.train()
+        totals = {k: (torch.tensor(flat[2 * i]), torch.tensor(flat[2 * i + 1])) for i, k in enumerate(names)}
+        return summarize(totals, objective.ppl_of)
+
+    def report(self, metrics: dict, position: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                model = unwrap_model(self.objective).model
+                save_checkpoint(tmp, model, tokenizer_model=self.c["tokenizer_model"],
+                                meta={"stage": self.c["stage"], "step": position["step"],
+                                      "objective": self.c["objective"]["name"], "run": self.c["run_name"],
+                                      "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}})
+                save_state(os.path.join(tmp, TRAIN_STATE),
+                           {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                            "position": dict(position)})
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    def log(self, metrics: dict) -> None:
+        self.history.append(metrics)
+        if self.rank != 0:
+            return
+        if self.logger:
+            self.logger.log(metrics, step=metrics["step"])
+        parts = [f"step {metrics['step']}/{self.t['max_steps']}", f"loss {metrics['loss']:.4f}",
+                 f"lr {metrics['lr']:.2e}", f"gnorm {metrics['grad_norm']:.2f}",
+                 f"{metrics['tokens_per_s'] / 1e3:.1f}k tok/s", f"{metrics['step_time_s'] * 1e3:.0f} ms/step",
+                 f"data wait {metrics['data_wait_share']:.0%}"]
+        if "mfu" in metrics:
+            parts.append(f"MFU {metrics['mfu']:.1%}")
+        parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val_")]
+        print(" | ".join(parts), flush=True)

@@ -1,0 +1,132 @@
+"""Driver side of training: check the config against the shards, then run a Ray Train `TorchTrainer`.
+
+`run_training` is what pretrain (and later fine-tuning, reward-model training) call: it fails fast — before any
+worker starts — on an unknown objective, a model of the wrong kind for the objective, a model/tokenizer vocabulary
+mismatch or a sequence length the shards do not have; builds the Ray Datasets from the manifest's parquet shards;
+fits; and leaves the final checkpoint (weights, config, tokenizer, meta) and `metrics.json` in
+`{run.root}/{stage}/{run.name}/final`, the directory the next stage takes as `init_from=`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+import ray.train
+from omegaconf import DictConfig, OmegaConf
+from ray.train.torch import TorchTrainer
+
+from pipelines import storage
+from pipelines.objectives import objective_class
+from pipelines.train_loop import TRAIN_STATE, train_func
+
+log = logging.getLogger(__name__)
+FINAL = "final"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work, found before any worker starts."""
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: str
+    final_dir: str
+    metrics: dict
+
+
+def resolve_init_from(path: str | None) -> str | None:
+    """A checkpoint directory: `path` itself, or `path/final` when `path` is a run directory."""
+    if not path:
+        return None
+    path = storage.absolute(path)
+    if storage.exists(storage.join(path, FINAL, "model.safetensors")):
+        return storage.join(path, FINAL)
+    if not storage.exists(storage.join(path, "model.safetensors")):
+        raise ConfigError(f"init_from={path}: neither a checkpoint (model.safetensors) nor a run directory "
+                          f"(final/model.safetensors)")
+    return path
+
+
+def check_config(model_cfg: dict, objective_cfg: dict, manifest: dict, seq_len: int) -> None:
+    objective = objective_class(objective_cfg["name"])
+    if model_cfg["kind"] != objective.model_kind:
+        raise ConfigError(f"objective={objective_cfg['name']} trains a {objective.model_kind} model, but model.kind is "
+                          f"{model_cfg['kind']!r} (pick e.g. model={objective.model_kind}_tiny)")
+    if manifest["format"] != objective.shard_format:
+        raise ConfigError(f"objective={objective_cfg['name']} reads {objective.shard_format!r} shards, but "
+                          f"{manifest['dir']} holds {manifest['format']!r} shards")
+    vocab = manifest["tokenizer"]["vocab_size"]
+    if model_cfg["vocab_size"] < vocab:
+        raise ConfigError(f"model.vocab_size={model_cfg['vocab_size']} is smaller than the tokenizer's {vocab} pieces "
+                          f"({manifest['tokenizer']['path']}): token ids would fall outside the embedding")
+    if seq_len > manifest["seq_len"]:
+        raise ConfigError(f"data.seq_len={seq_len} is larger than the shards' {manifest['seq_len']} "
+                          f"({manifest['dir']}); rebuild them with python -m pipelines.data data.seq_len={seq_len}")
+    if model_cfg["max_seq_len"] < manifest["seq_len"]:
+        raise ConfigError(f"model.max_seq_len={model_cfg['max_seq_len']} is shorter than the shards' sequences "
+                          f"({manifest['seq_len']} tokens)")
+
+
+def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None = None) -> TrainOutcome:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_config(model_cfg, objective_cfg, manifest, cfg.data.seq_len)
+    init_from = resolve_init_from(init_from)
+    splits = manifest["splits"]
+    datasets = {"train": ray.data.read_parquet(splits["train"]["files"])}
+    if splits["valid"]["files"]:
+        datasets["valid"] = ray.data.read_parquet(splits["valid"]["files"])
+    storage_path = storage.join(storage.absolute(cfg.run.root), stage)
+    config = {
+        "stage": stage, "run_name": cfg.run.name, "model": model_cfg, "objective": objective_cfg,
+        "trainer": trainer_cfg, "logger": OmegaConf.to_container(cfg.logger, resolve=True),
+        "init_from": init_from, "seq_len": manifest["seq_len"], "has_valid": "valid" in datasets,
+        "special_ids": manifest["tokenizer"]["special_ids"],
+        "tokenizer_model": storage.read_bytes(manifest["tokenizer"]["path"]),
+    }
+    resources = {"CPU": trainer_cfg["cpus_per_worker"]} | ({"GPU": 1} if trainer_cfg["use_gpu"] else {})
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=trainer_cfg["num_workers"], use_gpu=trainer_cfg["use_gpu"],
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trainer_cfg["keep_checkpoints"]),
+            failure_config=ray.train.FailureConfig(max_failures=trainer_cfg["max_failures"]),
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
+        datasets=datasets,
+    )
+    log.info("training %s (%s) on %d worker(s): %s", model_cfg["kind"], objective_cfg["name"],
+             trainer_cfg["num_workers"], storage.join(storage_path, cfg.run.name))
+    result = trainer.fit()
+    run_dir = storage.join(storage_path, cfg.run.name)
+    final_dir = storage.join(run_dir, FINAL)
+    metrics = dict(result.return_value or {})
+    with result.checkpoint.as_directory() as path:
+        for name in sorted(os.listdir(path)):
+            if name != TRAIN_STATE:
+                with open(os.path.join(path, name), "rb") as f:
+                    storage.write_bytes(storage.join(final_dir, name), f.read())
+    storage.write_json(storage.join(final_dir, "metrics.json"),
+                       {"stage": stage, "run": cfg.run.name, "checkpoint": result.checkpoint.path, **metrics})
+    return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
+
+
+def worker_env() -> dict:
+    """Environment for the workers: Train V2 does not forward the driver's, so pass what they need."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+    # Train V2 patches print() into its logger, which then reaches the driver twice; plain stdout reaches it once.
+    return env | {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+def print_summary(outcome: TrainOutcome) -> None:
+    final = {k: v for k, v in outcome.metrics.items() if k != "history"}
+    print(f"final metrics: {json.dumps(final, default=float)}")
+    print(f"run directory: {outcome.run_dir}\nfinal checkpoint: {outcome.final_dir}  (next stage: init_from=...)")
