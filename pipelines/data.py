@@ -9,7 +9,6 @@ Other stages call `prepare_shards(cfg)` directly; it returns the manifest.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 
@@ -170,6 +169,15 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
     return manifest
 
 
+def pool_size(files: list[str], fmt: str, data: DictConfig) -> int:
+    """Tokenizer actors: as configured, but no more than there are chunks (or parquet files) to feed them."""
+    if fmt == "parquet":
+        pieces = len(files)
+    else:
+        pieces = sum(-(-storage.file_size(f) // data.chunk_bytes) for f in files)
+    return max(1, min(data.tokenize_actors, pieces))
+
+
 def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: Tokenizer, shard_dir: str,
                  shard_format: str) -> dict:
     data = cfg.data
@@ -181,7 +189,7 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                                    shard_format=shard_format, seq_len=data.seq_len,
                                    valid_fraction=data.valid_fraction, seed=data.seed,
                                    on_bad_record=data.on_bad_record),
-        compute=ray.data.ActorPoolStrategy(size=data.tokenize_actors),
+        compute=ray.data.ActorPoolStrategy(size=pool_size(files, fmt, data)),
         num_cpus=data.tokenize_cpus,
         batch_size=1 if fmt != "parquet" else 2048,
         batch_format="pyarrow",

@@ -41,6 +41,11 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def file_size(path: str) -> int:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).size
+
+
 def read_bytes(path: str) -> bytes:
     fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:

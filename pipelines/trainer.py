@@ -54,7 +54,7 @@ def resolve_init_from(path: str | None) -> str | None:
 def check_config(model_cfg: dict, objective_cfg: dict, manifest: dict, seq_len: int) -> None:
     objective = objective_class(objective_cfg["name"])
     if model_cfg["kind"] != objective.model_kind:
-        raise ConfigError(f"objective={objective_cfg['name']} trains a {objective.model_kind} model, but model.kind is "
+        raise ConfigError(f"objective={objective_cfg['name']} trains {objective.model_kind} models, but model.kind is "
                           f"{model_cfg['kind']!r} (pick e.g. model={objective.model_kind}_tiny)")
     if manifest["format"] != objective.shard_format:
         raise ConfigError(f"objective={objective_cfg['name']} reads {objective.shard_format!r} shards, but "

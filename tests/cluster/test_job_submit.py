@@ -1,0 +1,72 @@
+"""`ray job submit --working-dir . -- python -m pipelines.pretrain ...` against a cluster from `ray start --head`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node():
+    """A separate Ray head started by the CLI in its own process group, stopped by its process ids only."""
+    gcs, dashboard = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or head.poll() is not None:
+                    raise RuntimeError("the Ray head did not come up") from None
+                time.sleep(1)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # gcs_server may ignore SIGTERM
+        except ProcessLookupError:
+            pass
+
+
+def test_pretrain_runs_as_a_ray_job(head_node, clm_manifest, small_overrides, tmp_path):
+    address, env = head_node
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+           "python", "-m", "pipelines.pretrain", *small_overrides, "model=decoder_tiny", "trainer.max_steps=10",
+           "trainer.log_every=5", "trainer.ckpt_every=10", "trainer.micro_batch_size=8",
+           f"run.root={tmp_path}", "run.name=job"]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout + done.stderr
+    assert "step 10/10" in done.stdout
+    final = tmp_path / "pretrain" / "job" / "final"
+    assert (final / "model.safetensors").exists() and (final / "metrics.json").exists()

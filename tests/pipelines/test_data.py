@@ -1,0 +1,160 @@
+"""The shard pipeline on the real stack: Ray Data, sentencepiece, parquet files, manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from models.tokenizer import Tokenizer
+from pipelines.data import CorpusError, prepare_shards
+from pipelines.reader import BadRecordError
+from pipelines.tokenize import is_valid_doc
+
+
+def read_split(manifest: dict, split: str) -> pa.Table:
+    files = manifest["splits"][split]["files"]
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def corpus_docs(manifest: dict) -> list[str]:
+    docs = []
+    for path in manifest["sources"]:
+        docs += [json.loads(line)["text"] for line in Path(path).read_text().splitlines() if line.strip()]
+    return docs
+
+
+def test_clm_shards_hold_every_token_once_in_order(clm_manifest):
+    tok = Tokenizer(Path(clm_manifest["tokenizer"]["path"]).read_bytes())
+    docs = corpus_docs(clm_manifest)
+    for split in ("train", "valid"):
+        chosen = [d for d in docs if is_valid_doc(d, 0.05) == (split == "valid")]
+        expected = np.concatenate([np.asarray(ids, np.int32) for ids in tok.encode(chosen, bos=True, eos=True)])
+        table = read_split(clm_manifest, split)
+        blocks = np.stack(table.column("input_ids").to_numpy(zero_copy_only=False))
+        assert blocks.shape[1] == clm_manifest["seq_len"] + 1
+        got = blocks.reshape(-1)
+        tail = clm_manifest["splits"][split]["dropped_tail_tokens"]
+        assert tail < clm_manifest["seq_len"] + 1
+        assert len(got) + tail == len(expected)
+        np.testing.assert_array_equal(got, expected[:len(got)])
+        assert clm_manifest["splits"][split]["documents"] == len(chosen)
+
+
+def test_splits_are_disjoint_and_deterministic(clm_manifest):
+    docs = corpus_docs(clm_manifest)
+    valid = {d for d in docs if is_valid_doc(d, 0.05)}
+    train = {d for d in docs if not is_valid_doc(d, 0.05)}
+    assert valid and train and not valid & train
+    assert 0 < clm_manifest["splits"]["valid"]["documents"] < clm_manifest["splits"]["train"]["documents"]
+
+
+def test_pair_shards_are_bert_shaped_and_balanced(pairs_manifest):
+    tok = Tokenizer(Path(pairs_manifest["tokenizer"]["path"]).read_bytes())
+    table = read_split(pairs_manifest, "train")
+    ids = np.stack(table.column("input_ids").to_numpy(zero_copy_only=False))
+    types = np.stack(table.column("token_type_ids").to_numpy(zero_copy_only=False))
+    is_next = table.column("is_next").to_numpy()
+    assert ids.shape[1] == pairs_manifest["seq_len"] == 64
+    assert (ids[:, 0] == tok.cls_id).all()
+    assert ((ids == tok.sep_id).sum(axis=1) == 2).all()
+    assert 0.4 < is_next.mean() < 0.6, is_next.mean()
+    for row, seg in zip(ids[:50], types[:50]):
+        first_sep = int(np.argmax(row == tok.sep_id))
+        assert (seg[:first_sep + 1] == 0).all() and seg[first_sep + 1] == 1
+        assert (seg[row == tok.pad_id] == 0).all()
+    # A true next sentence in the built-in corpus is about the same entity as the first one.
+    text = tok.decode(ids[np.argmax(is_next == 1)].tolist())
+    assert text
+
+
+def test_manifest_reuse_and_force(compose_config, small_overrides, clm_manifest):
+    cfg = compose_config("data", small_overrides)
+    files = clm_manifest["splits"]["train"]["files"]
+    mtimes = [Path(f).stat().st_mtime_ns for f in files]
+    again = prepare_shards(cfg)
+    assert again["key"] == clm_manifest["key"]
+    assert [Path(f).stat().st_mtime_ns for f in files] == mtimes  # nothing rewritten
+    rebuilt = prepare_shards(cfg, force=True)
+    assert rebuilt["splits"]["train"]["examples"] == clm_manifest["splits"]["train"]["examples"]
+    assert [Path(f).stat().st_mtime_ns for f in files] != mtimes
+
+
+def test_tokenizer_and_shards_record_each_other(clm_manifest):
+    manifest = clm_manifest
+    tok = Tokenizer(Path(manifest["tokenizer"]["path"]).read_bytes())
+    assert manifest["tokenizer"]["sha256"] == tok.sha256
+    assert manifest["tokenizer"]["vocab_size"] == tok.vocab_size <= 1000
+    assert manifest["splits"]["train"]["tokens"] == manifest["splits"]["train"]["examples"] * 65
+
+
+# ---- user files and bad input ----
+
+def files_overrides(root: Path, paths: list[str], fmt: str = "jsonl", extra=()) -> list[str]:
+    return ["data=files", f"data.root={root}", f"data.paths=[{','.join(paths)}]", f"data.format={fmt}",
+            "tokenizer.vocab_size=400", "data.seq_len=32", *extra]
+
+
+def write_jsonl(path: Path, n: int, extra_lines: list[bytes] = ()) -> Path:
+    with open(path, "wb") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": f"Document {i} is short. It has two sentences about {i % 7}."}).encode()
+                    + b"\n")
+        for line in extra_lines:
+            f.write(line + b"\n")
+    return path
+
+
+@pytest.fixture
+def bad_jsonl(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "bad.jsonl", 300, [b"{not json", b'{"body": "no text field"}',
+                                                    b'{"text": "caf\xe9 latin-1"}', b'{"text": 7}'])
+
+
+def test_bad_records_are_skipped_and_reported(ray_cluster, compose_config, tmp_path, bad_jsonl):
+    manifest = prepare_shards(compose_config("data", files_overrides(tmp_path / "out", [str(bad_jsonl)])))
+    bad = manifest["bad_records"]
+    assert bad["count"] == 4
+    assert bad["examples"] == [
+        f"{bad_jsonl}:301: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        f"{bad_jsonl}:302: no field 'text' (expected a JSON object with a string 'text'; set data.field)",
+        f"{bad_jsonl}:303: not valid UTF-8 (byte 0xe9 at offset 13)",
+        f"{bad_jsonl}:304: a non-string field 'text' (expected a JSON object with a string 'text'; set data.field)",
+    ]
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["valid"]["documents"] == 300
+
+
+def test_bad_record_fails_with_file_and_line(ray_cluster, compose_config, tmp_path, bad_jsonl):
+    cfg = compose_config("data", files_overrides(tmp_path / "out", [str(bad_jsonl)], extra=["data.on_bad_record=fail"]))
+    with pytest.raises(BadRecordError, match=rf"^{bad_jsonl}:301: not valid JSON"):
+        prepare_shards(cfg)
+
+
+def test_missing_path_and_empty_corpus(ray_cluster, compose_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus path not found: .*nowhere.jsonl"):
+        prepare_shards(compose_config("data", files_overrides(tmp_path, [str(tmp_path / "nowhere.jsonl")])))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(CorpusError, match="empty corpus: no documents in .*empty.jsonl"):
+        prepare_shards(compose_config("data", files_overrides(tmp_path, [str(empty)])))
+
+
+def test_text_and_parquet_sources_and_uri_root(ray_cluster, compose_config, tmp_path):
+    lines = [f"Line {i} is a document. It talks about number {i % 11}." for i in range(200)]
+    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n")
+    text = prepare_shards(compose_config("data", files_overrides(f"file://{tmp_path}/out", [str(tmp_path / "a.txt")],
+                                                                 fmt="text")))
+    assert text["dir"].startswith("file://")
+    assert text["splits"]["train"]["documents"] + text["splits"]["valid"]["documents"] == 200
+
+    pq.write_table(pa.table({"body": lines}), tmp_path / "a.parquet")
+    with pytest.raises(BadRecordError, match=r"a.parquet: no column 'text' \(columns: \['body'\]\); set data.field"):
+        prepare_shards(compose_config("data", files_overrides(tmp_path / "out", [str(tmp_path / "a.parquet")],
+                                                              fmt="parquet")))
+    parquet = prepare_shards(compose_config("data", files_overrides(tmp_path / "out", [str(tmp_path / "a.parquet")],
+                                                                    fmt="parquet", extra=["data.field=body"])))
+    assert parquet["splits"]["train"]["documents"] + parquet["splits"]["valid"]["documents"] == 200
