@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,11 +30,16 @@ def free_port() -> int:
 def head_node():
     """A separate Ray head started by the CLI in its own process group, stopped by its process ids only."""
     gcs, dashboard = free_port(), free_port()
+    # Every port of its own: the test session's cluster already holds Ray's defaults (e.g. the agent's 52365).
+    own_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "node-manager-port", "object-manager-port", "ray-client-server-port")]
     temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         *own_ports],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
     try:
@@ -40,6 +47,8 @@ def head_node():
         while True:
             try:
                 urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # 401 without a token: the dashboard is up
                 break
             except OSError:
                 if time.time() > deadline or head.poll() is not None:
@@ -49,13 +58,14 @@ def head_node():
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
         try:
             os.killpg(head.pid, signal.SIGKILL)  # gcs_server may ignore SIGTERM
         except ProcessLookupError:
             pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_pretrain_runs_as_a_ray_job(head_node, clm_manifest, small_overrides, tmp_path):
@@ -64,7 +74,11 @@ def test_pretrain_runs_as_a_ray_job(head_node, clm_manifest, small_overrides, tm
            "python", "-m", "pipelines.pretrain", *small_overrides, "model=decoder_tiny", "trainer.max_steps=10",
            "trainer.log_every=5", "trainer.ckpt_every=10", "trainer.micro_batch_size=8",
            f"run.root={tmp_path}", "run.name=job"]
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    for _ in range(30):  # the job agent registers a few seconds after the dashboard answers
+        done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in done.stderr + done.stdout:
+            break
+        time.sleep(2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr
     assert "step 10/10" in done.stdout

@@ -1,0 +1,84 @@
+"""Low-rank adaptation (LoRA, Hu et al. 2021) for any model built from nn.Linear.
+
+Features: `apply_lora` swaps the nn.Linear modules whose names end with one of `targets` ("q_proj", "v_proj", ...)
+for `LoRALinear`: y = base(x) + (alpha / rank) * B(A(dropout(x))), base frozen, A Kaiming-uniform, B zeros (so a
+fresh adapter changes nothing); `mark_only_lora_trainable` freezes everything else; `lora_state_dict` holds only
+the adapters; `merge_lora` folds B @ A into the base weights and puts plain nn.Linear modules back under their
+original names, so a merged model saves and loads like one that never had adapters.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {rank}")
+        self.base = base
+        self.base_requires_grad = base.weight.requires_grad  # restored by merge_lora
+        base.requires_grad_(False)
+        self.rank, self.scaling = rank, alpha / rank
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # what nn.Linear uses for its own weight
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        # (..., in) -> (..., rank) -> (..., out)
+        return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
+    def merged(self) -> nn.Linear:
+        """The base nn.Linear with B @ A * scaling added to its weight (in fp32, then cast back)."""
+        w = self.base.weight
+        delta = (self.lora_B.float() @ self.lora_A.float()) * self.scaling  # (out, in)
+        with torch.no_grad():
+            w.copy_((w.float() + delta).to(w.dtype))
+        self.base.requires_grad_(self.base_requires_grad)
+        return self.base
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module):
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def apply_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float, targets: list[str]) -> nn.Module:
+    """Replace, in place, every nn.Linear named `...<target>` for a target in `targets`; returns model.
+
+    Raises ValueError if no module matches, so a misspelt target fails loudly.
+    """
+    names = [
+        name for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+    if not names:
+        linears = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"no nn.Linear matches LoRA targets {list(targets)}; linear names: {linears}")
+    for name in names:
+        _replace(model, name, LoRALinear(model.get_submodule(name), rank=rank, alpha=alpha, dropout=dropout))
+    return model
+
+
+def mark_only_lora_trainable(model: nn.Module) -> nn.Module:
+    """requires_grad on the adapter matrices only."""
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_A" in name or "lora_B" in name)
+    return model
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter tensors, e.g. `model.layers.0.self_attn.q_proj.lora_A`."""
+    return {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRALinear into its base weight and restore a plain nn.Linear under the same name; returns model."""
+    names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    for name in names:
+        _replace(model, name, model.get_submodule(name).merged())
+    return model

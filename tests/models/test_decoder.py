@@ -1,0 +1,146 @@
+import math
+
+import pytest
+import torch
+
+from models.decoder import Decoder, apply_rope, rope_cos_sin
+from tiny_models import VOCAB, randomize_norms, tiny_decoder_config
+
+
+def test_shapes(decoder):
+    ids = torch.randint(0, VOCAB, (3, 10))
+    assert decoder(ids).shape == (3, 10, VOCAB)
+    assert decoder.hidden_states(ids).shape == (3, 10, 32)
+
+
+def test_causal(decoder):
+    ids = torch.randint(0, VOCAB, (2, 12))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % VOCAB
+    with torch.no_grad():
+        a, b = decoder(ids), decoder(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_rope_rotates_pairs_half_apart():
+    # HF convention: dims i and i + head_dim/2 form a pair; a rotation keeps each pair's norm
+    x = torch.randn(1, 1, 5, 8)
+    cos, sin = rope_cos_sin(torch.arange(5)[None], 8, 10000.0, torch.float32)
+    y = apply_rope(x, cos, sin)
+    pair_norm = lambda t: t[..., :4] ** 2 + t[..., 4:] ** 2  # noqa: E731
+    torch.testing.assert_close(pair_norm(x), pair_norm(y))
+    torch.testing.assert_close(y[:, :, 0], x[:, :, 0])  # position 0: no rotation
+    # dim 0 rotates by angle = position (inv_freq 1)
+    torch.testing.assert_close(y[0, 0, 3, 0], x[0, 0, 3, 0] * math.cos(3) - x[0, 0, 3, 4] * math.sin(3))
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    torch.manual_seed(0)
+    gqa = Decoder(tiny_decoder_config(n_kv_head=2)).eval()
+    mha = Decoder(tiny_decoder_config(n_kv_head=4)).eval()
+    state = gqa.state_dict()
+    for name, w in list(state.items()):
+        if name.endswith(("k_proj.weight", "v_proj.weight")):  # (2 * hd, D) -> (4 * hd, D), kv head j -> 2j, 2j+1
+            state[name] = w.view(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32)
+    mha.load_state_dict(state)
+    ids = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids), mha(ids), rtol=0, atol=1e-5)
+
+
+def test_left_padding_matches_unpadded(decoder):
+    ids = torch.randint(1, VOCAB, (1, 6))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(padded, attention_mask=mask)[:, 3:], decoder(ids), rtol=0, atol=1e-5)
+
+
+def test_kv_cache_single_prompt(decoder):
+    ids = torch.randint(0, VOCAB, (1, 14))
+    with torch.no_grad():
+        full = decoder(ids)
+        cache = decoder.make_kv_cache(1, 20)
+        chunks = [decoder(ids[:, :5], kv_cache=cache)]  # prefill, then a chunk of 3, then one token at a time
+        chunks.append(decoder(ids[:, 5:8], kv_cache=cache))
+        chunks += [decoder(ids[:, t : t + 1], kv_cache=cache) for t in range(8, 14)]
+    assert cache.length == 14
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=0, atol=1e-5)
+
+
+def test_kv_cache_ragged_left_padded_batch(decoder):
+    lengths, new = [3, 7, 5], 6
+    seqs = [torch.randint(1, VOCAB, (n + new,)) for n in lengths]
+    P = max(lengths)
+    ids = torch.zeros(3, P, dtype=torch.long)
+    mask = torch.zeros(3, P, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, P - n :], mask[i, P - n :] = seqs[i][:n], 1
+    with torch.no_grad():
+        cache = decoder.make_kv_cache(3, P + new)
+        steps = [decoder(ids, attention_mask=mask, kv_cache=cache)[:, -1]]  # (3, V) after each prompt
+        for t in range(new):
+            token = torch.stack([s[lengths[i] + t] for i, s in enumerate(seqs)])[:, None]  # (3, 1)
+            mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
+            steps.append(decoder(token, attention_mask=mask, kv_cache=cache)[:, -1])
+        incremental = torch.stack(steps, dim=1)  # (3, new + 1, V)
+        for i, n in enumerate(lengths):
+            full = decoder(seqs[i][None])[0, n - 1 :]  # logits from the last prompt token on
+            torch.testing.assert_close(incremental[i], full, rtol=0, atol=1e-5)
+
+
+def test_kv_cache_overflow_is_an_error(decoder):
+    cache = decoder.make_kv_cache(1, 4)
+    with pytest.raises(ValueError, match="overflow"):
+        decoder(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
+
+
+def test_tied_embeddings_own_one_tensor():
+    model = Decoder(tiny_decoder_config(tie_embeddings=True))
+    assert model.lm_head is None and "lm_head.weight" not in model.state_dict()
+    untied = Decoder(tiny_decoder_config())
+    assert untied.num_params() - model.num_params() == VOCAB * 32
+
+
+def test_parameter_names_follow_hf_llama():
+    names = set(Decoder(tiny_decoder_config()).state_dict())
+    layer = {f"model.layers.1.self_attn.{p}_proj.weight" for p in "qkvo"}
+    layer |= {f"model.layers.1.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+    layer |= {"model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight"}
+    assert layer | {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} <= names
+    assert len(names) == 3 + 2 * 9
+
+
+def test_scaled_init():
+    torch.manual_seed(0)
+    model = Decoder(tiny_decoder_config(n_layer=8, d_model=64, d_ff=256, init_std=0.02))
+    o_std = model.model.layers[0].self_attn.o_proj.weight.std().item()
+    q_std = model.model.layers[0].self_attn.q_proj.weight.std().item()
+    assert abs(q_std - 0.02) < 0.002 and abs(o_std - 0.02 / 4) < 0.0005
+
+
+def test_num_params_and_flops():
+    cfg = tiny_decoder_config()
+    model = Decoder(cfg)
+    per_layer = 32 * 32 * 2 + 2 * 32 * 16 + 3 * 32 * 64 + 2 * 32  # q, o; k, v (2 kv heads x 8); MLP; 2 norms
+    non_embedding = 2 * per_layer + 32 + VOCAB * 32  # + final norm + lm_head
+    assert model.num_params(non_embedding=True) == non_embedding
+    assert model.num_params() == non_embedding + VOCAB * 32
+    assert model.flops_per_token(64) == 6 * non_embedding + 12 * 2 * 32 * 64
+    tied = Decoder(tiny_decoder_config(tie_embeddings=True))
+    assert tied.flops_per_token(64) == model.flops_per_token(64)  # the output matmul costs the same
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        tiny_decoder_config(n_kv_head=3)
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(0)
+    model = randomize_norms(Decoder(tiny_decoder_config(dropout=0.5)))
+    ids = torch.randint(0, VOCAB, (1, 8))
+    assert not torch.allclose(model(ids), model(ids))
+    model.eval()
+    torch.testing.assert_close(model(ids), model(ids), rtol=0, atol=0)
