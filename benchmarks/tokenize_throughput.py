@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines.corpus import ensure_corpus
-from pipelines.reader import split_sentences
+from pipelines.text import split_sentences
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 

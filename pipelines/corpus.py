@@ -40,13 +40,6 @@ from pipelines.corpus_tasks import (TOPICS, UNSAFE_PROMPTS, classify_records, ev
 # Bump when the generated text changes for the same parameters, so that corpus_is_complete rejects old corpora.
 GENERATOR_VERSION = 1
 MANIFEST = "manifest.json"
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split on sentence ends; generated text has no abbreviations or decimals, so a regex is exact for it."""
-    text = text.strip()
-    return _SENTENCE_END.split(text) if text else []
 
 
 def general_texts(entities, count: int, rng):

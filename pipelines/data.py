@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from cluster.connect import connect
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines import storage
-from pipelines.reader import FORMATS, BadRecordError, check_format, parse_rows, read_corpus, split_sentences
+from pipelines.reader import FORMATS, BadRecordError, check_format, parse_rows, read_corpus
+from pipelines.text import split_sentences
 from pipelines.shards import MANIFEST, ClmPacker, SplitWriter, pairs_table, read_manifest
 from pipelines.tokenize import MAX_BAD_REPORTED, SPLITS, TokenizeBatch
 

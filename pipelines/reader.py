@@ -12,7 +12,6 @@ tokenizer actors (pipelines/tokenize.py) and in the tokenizer-training sampler.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -24,7 +23,6 @@ from ray.data.datasource import FileBasedDatasource
 from pipelines import storage
 
 FORMATS = {"text": (".txt", ".text"), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 class BadRecordError(ValueError):
@@ -146,8 +144,3 @@ def _bad(out: Parsed, message: str, on_bad_record: str) -> None:
     if on_bad_record == "fail":
         raise BadRecordError(message)
     out.bad.append(message)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a document: split after . ! ? followed by whitespace (and at newlines)."""
-    return [s for line in text.split("\n") for s in _SENTENCE_END.split(line.strip()) if s]

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from models.tokenizer import Tokenizer
-from pipelines.reader import parse_rows, split_sentences
+from pipelines.reader import parse_rows
+from pipelines.text import split_sentences
 
 SPLITS = ("train", "valid")
 MAX_BAD_REPORTED = 20

@@ -69,7 +69,13 @@ def train_func(config: dict[str, Any]) -> dict:
     optimizer = make_optimizer(model, t, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t))
     if resumed_state:
-        optimizer.load_state_dict(resumed_state["optimizer"])
+        if is_sharded(t, world):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(objective, optimizer, optim_state_dict=resumed_state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(resumed_state["optimizer"])
         scheduler.load_state_dict(resumed_state["scheduler"])
 
     logger = make_logger(config, rank)
@@ -80,8 +86,12 @@ def train_func(config: dict[str, Any]) -> dict:
     return final | {"resumed_from_step": start["step"]}
 
 
+def is_sharded(t: dict, world: int) -> bool:
+    return t["strategy"] == "fsdp" and world > 1
+
+
 def wrap(objective: torch.nn.Module, t: dict, device: torch.device, world: int) -> torch.nn.Module:
-    if t["strategy"] == "fsdp" and world > 1:
+    if is_sharded(t, world):
         from torch.distributed.fsdp import fully_shard
 
         objective.to(device)
@@ -130,8 +140,16 @@ def make_logger(config: dict, rank: int):
     import wandb
 
     return wandb.init(project=lcfg["project"], entity=lcfg["entity"], mode=lcfg["mode"], tags=lcfg["tags"],
-                      dir=lcfg["dir"] or tempfile.mkdtemp(prefix="wandb-"), name=config["run_name"],
+                      dir=lcfg["dir"] or local_run_dir(config["run_dir"]), name=config["run_name"],
                       config={k: config[k] for k in ("model", "objective", "trainer", "stage")})
+
+
+def local_run_dir(run_dir: str) -> str:
+    """The run directory when it is local (wandb writes files there), else a temporary one."""
+    if storage.is_uri(run_dir):
+        return tempfile.mkdtemp(prefix="wandb-")
+    os.makedirs(run_dir, exist_ok=True)
+    return run_dir
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
@@ -257,17 +275,35 @@ class Loop:
         totals = {k: (torch.tensor(flat[2 * i]), torch.tensor(flat[2 * i + 1])) for i, k in enumerate(names)}
         return summarize(totals, objective.ppl_of)
 
+    def full_state(self) -> tuple[torch.nn.Module, dict]:
+        """(a model holding all weights, the full optimizer state): under FSDP gathering them is a collective
+        every rank joins; the optimizer state is then keyed by parameter name instead of index."""
+        model = unwrap_model(self.objective).model
+        if not is_sharded(self.t, self.world):
+            return model, self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        optimizer = get_optimizer_state_dict(self.objective, self.optimizer, options=options)
+        if self.rank != 0:
+            return model, optimizer
+        full = build_model(self.c["model"])
+        full.load_state_dict(weights)
+        return full, optimizer
+
     def report(self, metrics: dict, position: dict) -> None:
+        model, optimizer_state = self.full_state()
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
-                model = unwrap_model(self.objective).model
                 save_checkpoint(tmp, model, tokenizer_model=self.c["tokenizer_model"],
                                 meta={"stage": self.c["stage"], "step": position["step"],
                                       "objective": self.c["objective"]["name"], "run": self.c["run_name"],
                                       "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}})
                 save_state(os.path.join(tmp, TRAIN_STATE),
-                           {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                           {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                             "position": dict(position)})
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)

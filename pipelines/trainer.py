@@ -78,12 +78,15 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     check_config(model_cfg, objective_cfg, manifest, cfg.data.seq_len)
     init_from = resolve_init_from(init_from)
     splits = manifest["splits"]
-    datasets = {"train": ray.data.read_parquet(splits["train"]["files"])}
+    train = [ray.data.read_parquet(splits["train"]["files"])
+             for _ in range(data_passes(trainer_cfg, splits["train"]["examples"]))]
+    datasets = {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
     if splits["valid"]["files"]:
         datasets["valid"] = ray.data.read_parquet(splits["valid"]["files"])
     storage_path = storage.join(storage.absolute(cfg.run.root), stage)
     config = {
-        "stage": stage, "run_name": cfg.run.name, "model": model_cfg, "objective": objective_cfg,
+        "stage": stage, "run_name": cfg.run.name, "run_dir": storage.join(storage_path, cfg.run.name),
+        "model": model_cfg, "objective": objective_cfg,
         "trainer": trainer_cfg, "logger": OmegaConf.to_container(cfg.logger, resolve=True),
         "init_from": init_from, "seq_len": manifest["seq_len"], "has_valid": "valid" in datasets,
         "special_ids": manifest["tokenizer"]["special_ids"],
@@ -117,6 +120,18 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     storage.write_json(storage.join(final_dir, "metrics.json"),
                        {"stage": stage, "run": cfg.run.name, "checkpoint": result.checkpoint.path, **metrics})
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
+
+
+def data_passes(t: dict, examples: int, most: int = 64) -> int:
+    """Passes over the training shards that one Ray Data execution should stream.
+
+    Every epoch of a Ray Train dataset shard restarts the Ray Data pipeline (seconds of start-up, all of it waiting
+    time for the workers). A small corpus trained for many steps would pay that every few steps, so the training
+    dataset is the union of as many reads of the shards as the run needs (capped; read_parquet drops repeated
+    paths, so listing the files twice would not do): one "epoch" of the loop is then many passes.
+    """
+    needed = t["max_steps"] * t["micro_batch_size"] * t["grad_accum"] * t["num_workers"]
+    return max(1, min(most, -(-needed // max(1, examples))))
 
 
 def worker_env() -> dict:

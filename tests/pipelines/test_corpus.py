@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.corpus import corpus_is_complete, ensure_corpus, main, split_sentences, write_corpus
+from pipelines.corpus import corpus_is_complete, ensure_corpus, main, write_corpus
+from pipelines.text import split_sentences
 from pipelines.corpus_general import DIET_FOOD, RELATIONS, build_entities, names_pattern
 from pipelines.corpus_medical import CONDITIONS, DISCLAIMER
 from pipelines.corpus_tasks import TOPICS, UNSAFE_PROMPTS

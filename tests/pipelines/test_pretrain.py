@@ -80,8 +80,11 @@ def test_resume_continues_the_step_count_and_restores_the_optimizer(compose_conf
                                                                     clm_manifest):
     base = ["model=decoder_tiny", "trainer.ckpt_every=10"]
     first = run_training(pretrain_cfg(compose_config, small_overrides, runs_root, "resume",
-                                      [*base, "trainer.max_steps=10"]), stage="pretrain", manifest=clm_manifest)
+                                      [*base, "trainer.max_steps=10", "logger=wandb"]),
+                         stage="pretrain", manifest=clm_manifest)
     assert first.metrics["step"] == 10 and first.metrics["resumed_from_step"] == 0
+    # logger=wandb: rank 0 logged offline into the run directory.
+    assert list((runs_root / "pretrain" / "resume" / "wandb").glob("offline-run-*/run-*.wandb"))
     again = run_training(pretrain_cfg(compose_config, small_overrides, runs_root, "resume",
                                       [*base, "trainer.max_steps=20"]), stage="pretrain", manifest=clm_manifest)
     assert again.metrics["resumed_from_step"] == 10

@@ -1,0 +1,33 @@
+"""Every stage's config composes, with every option of every group, and resolves (torchtune's test_configs)."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests_conf import CONF
+
+STAGES = {"data": [], "pretrain": [], "lifecycle": [], "evaluate": ["checkpoint=runs/pretrain/x"]}
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_composes_and_resolves(compose_config, stage):
+    cfg = compose_config(stage, STAGES[stage])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=stage != "data")
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_into_pretrain(compose_config, group, option):
+    stage = "evaluate" if group == "eval" else "pretrain"
+    overrides = [f"{group}={option}", *STAGES[stage]]
+    if group == "data" and option == "files":
+        overrides.append("data.paths=[corpus.jsonl]")
+    cfg = compose_config(stage, overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    if group == "model":
+        assert resolved["model"]["vocab_size"] == resolved["tokenizer"]["vocab_size"]
