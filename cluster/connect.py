@@ -32,6 +32,7 @@ def connect(cfg: Mapping[str, Any]) -> dict:
     else:
         log.info("starting an embedded local Ray cluster")
         ray.init(
+            address="local",  # never silently join another cluster running on this host
             num_cpus=cfg["num_cpus"],
             num_gpus=cfg["num_gpus"],
             object_store_memory=cfg["object_store_memory"],

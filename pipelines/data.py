@@ -89,6 +89,7 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
                                                         on_bad_record=cfg.data.on_bad_record),
                          batch_format="pyarrow", batch_size=1 if fmt != "parquet" else 1024, num_cpus=0.5)
             .limit(tcfg.sample_docs))
+    docs.context.raise_original_map_exception = True
     sentences = _sentences(docs)
     with surface_corpus_errors():
         first = next(sentences, None)
@@ -130,15 +131,17 @@ class surface_corpus_errors:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        seen = exc
-        while seen is not None:
-            if isinstance(seen, (BadRecordError, CorpusError)) and seen is not exc:
-                raise type(seen)(*seen.args) from None
-            cause = getattr(seen, "cause", None)
-            seen = cause if isinstance(cause, BaseException) and cause is not seen else seen.__cause__
-        message = str(exc) if exc is not None else ""
-        if exc is not None and "BadRecordError" in message:  # Ray may flatten the cause into text only
-            raise BadRecordError(message.rsplit("BadRecordError: ", 1)[-1].strip().splitlines()[0]) from None
+        error = exc
+        while error is not None:
+            for kind in (BadRecordError, CorpusError):
+                if isinstance(error, kind):
+                    if type(error) is kind and error is exc:
+                        return False  # raised here, already clean
+                    cause = getattr(error, "cause", None)  # RayTaskError(kind) keeps the original here
+                    raise kind(*(cause if isinstance(cause, kind) else error).args) from None
+            error = error.__cause__ or error.__context__
+        if exc is not None and "BadRecordError: " in str(exc):  # sentencepiece re-raises an iterator's error as text
+            raise BadRecordError(str(exc).rsplit("BadRecordError: ", 1)[-1].strip().splitlines()[0]) from None
         return False
 
 
@@ -171,19 +174,20 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
 
 
 def pool_size(files: list[str], fmt: str, data: DictConfig) -> int:
-    """Tokenizer actors: as configured, but no more than there are chunks (or parquet files) to feed them."""
+    """Tokenizer actors: as configured, but no more than there are chunks (or parquet files) to feed them, and
+    leaving a CPU for the read tasks that feed them (else the pipeline waits forever)."""
     if fmt == "parquet":
         pieces = len(files)
     else:
         pieces = sum(-(-storage.file_size(f) // data.chunk_bytes) for f in files)
-    return max(1, min(data.tokenize_actors, pieces))
+    room = int((ray.cluster_resources().get("CPU", 1) - 1) / data.tokenize_cpus)
+    return max(1, min(data.tokenize_actors, pieces, room))
 
 
 def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: Tokenizer, shard_dir: str,
                  shard_format: str) -> dict:
     data = cfg.data
     start = time.perf_counter()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # deterministic shards
     tokenized = read_corpus(files, fmt=fmt, field_name=field, chunk_bytes=data.chunk_bytes).map_batches(
         TokenizeBatch,
         fn_constructor_kwargs=dict(tokenizer_model=tok.model_proto, fmt=fmt, field_name=field,
@@ -195,6 +199,8 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
         batch_size=1 if fmt != "parquet" else 2048,
         batch_format="pyarrow",
     )
+    tokenized.context.execution_options.preserve_order = True  # deterministic shards
+    tokenized.context.raise_original_map_exception = True  # a BadRecordError arrives as itself
     writers = {s: SplitWriter(shard_dir, s, rows_per_shard=data.rows_per_shard) for s in SPLITS}
     packers = {s: ClmPacker(writers[s], data.seq_len + 1) for s in SPLITS} if shard_format == "clm" else None
     stats = {"documents": dict.fromkeys(SPLITS, 0), "bytes": 0, "bad": 0, "bad_examples": []}

@@ -40,12 +40,19 @@ def read_jsonl(path: str, limit: int | None = None) -> list[dict]:
 
 
 @torch.no_grad()
-def cloze(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> dict:
-    """Greedy completions of cloze prompts; accuracy overall and for seen / held-out entities."""
+def cloze(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int,
+          prefix_bos: bool) -> dict:
+    """Greedy completions of cloze prompts; accuracy overall and for seen / held-out entities.
+
+    A cloze prompt is a sentence from the middle of a document. In pre-training <bos> only ever precedes a
+    document's first sentence, so by default the prompt is given without it, as running text (as LAMBADA-style
+    evaluations do); `prefix_bos` asks instead for the prompt as the start of a new document.
+    """
     results = []
+    prefix = [tok.bos_id] if prefix_bos else []
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        prompts = [[tok.bos_id] + tok.encode(item["prompt"]) for item in chunk]
+        prompts = [prefix + tok.encode(item["prompt"]) for item in chunk]
         out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=[tok.eos_id],
                        pad_id=tok.pad_id)
         for item, tokens in zip(chunk, out.tokens):
@@ -68,15 +75,16 @@ def perplexity(model, files: list[str], *, batch_size: int, max_batches: int | N
     """Token-level perplexity of a causal LM over CLM shard files (blocks of seq_len + 1 tokens)."""
     import pyarrow.parquet as pq
 
-    total, count = 0.0, 0
+    total, count, batches = 0.0, 0, 0
     for path in files:
         fs, p = storage.filesystem(path)
         table = pq.read_table(p, filesystem=fs)
         blocks = torch.from_numpy(table.column("input_ids").combine_chunks().flatten().to_numpy()
                                   .reshape(table.num_rows, -1).astype("int64"))
         for i in range(0, len(blocks), batch_size):
-            if max_batches and count // blocks.shape[1] >= max_batches * batch_size:
+            if max_batches and batches >= max_batches:
                 return math.exp(total / count)
+            batches += 1
             ids = blocks[i:i + batch_size]
             logits = model(ids[:, :-1])
             total += float(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"))
@@ -94,7 +102,8 @@ def evaluate(cfg: DictConfig, checkpoint: str, *, valid_files: list[str] | None 
     ecfg = cfg.eval
     model, tok, meta = load_model(checkpoint)
     items = read_jsonl(ecfg.cloze_path or builtin_eval_file(cfg, "cloze.jsonl"), ecfg.cloze_limit)
-    report = cloze(model, tok, items, max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size)
+    report = cloze(model, tok, items, max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size,
+                   prefix_bos=ecfg.prefix_bos)
     if valid_files:
         report["val_ppl"] = perplexity(model, valid_files, batch_size=ecfg.batch_size, max_batches=ecfg.ppl_batches)
     report["checkpoint"], report["step"] = checkpoint, meta.get("step")

@@ -50,8 +50,9 @@ def _stat(total: torch.Tensor, count) -> tuple[torch.Tensor, torch.Tensor]:
 class CausalLM(nn.Module):
     model_kind, shard_format, ppl_of = "decoder", "clm", "loss"
     stat_names = ("loss",)
+    unused_parameters = False
 
-    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int]):
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], vocab_size: int | None = None):
         super().__init__()
         self.model = model
 
@@ -73,15 +74,17 @@ class PairObjective(nn.Module):
     model_kind, shard_format = "encoder", "pairs"
     use_mlm = use_nsp = False
     ppl_of: str | None = None
+    unused_parameters = False
 
-    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int]):
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], vocab_size: int | None = None):
         super().__init__()
         self.model = model
         self.cfg = dict(cfg)
         self.special = special_ids
-        # Random replacements are drawn from ordinary pieces, after the special tokens.
+        # Random replacements are ordinary pieces of the tokenizer: after the special tokens, below its vocabulary
+        # size (the model's embedding may be larger).
         self.random_low = max(special_ids.values()) + 1
-        self.vocab_size = model.cfg.vocab_size
+        self.vocab_size = vocab_size or model.cfg.vocab_size
 
     def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
         ids = batch["input_ids"].long()  # (B, T)
@@ -121,11 +124,13 @@ class PairObjective(nn.Module):
 class MaskedLM(PairObjective):
     use_mlm, ppl_of = True, "mlm_loss"
     stat_names = ("loss", "mlm_acc", "mlm_loss")
+    unused_parameters = True  # the pooler and NSP head
 
 
 class NextSentence(PairObjective):
     use_nsp, ppl_of = True, None
     stat_names = ("loss", "nsp_acc", "nsp_loss")
+    unused_parameters = True  # the MLM head's transform and bias
 
 
 class MaskedLMNextSentence(PairObjective):

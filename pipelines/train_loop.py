@@ -52,7 +52,8 @@ def train_func(config: dict[str, Any]) -> dict:
     if config["init_from"]:
         with storage.local_dir(config["init_from"]) as path:
             load_weights_into(model, path)
-    objective = objective_class(config["objective"]["name"])(model, config["objective"], config["special_ids"])
+    objective = objective_class(config["objective"]["name"])(model, config["objective"], config["special_ids"],
+                                                             vocab_size=config["tokenizer_vocab_size"])
     start = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     checkpoint = ray.train.get_checkpoint()
     resumed_state = None
@@ -94,15 +95,18 @@ def wrap(objective: torch.nn.Module, t: dict, device: torch.device, world: int) 
     if is_sharded(t, world):
         from torch.distributed.fsdp import fully_shard
 
+        from models import decoder, encoder
+
         objective.to(device)
-        for layer in objective.model.layers:
-            fully_shard(layer)
+        for block in [m for m in objective.modules() if isinstance(m, (decoder.Block, encoder.Block))]:
+            fully_shard(block)
         module = fully_shard(objective)
     elif t["strategy"] in ("ddp", "fsdp"):
-        # NSP leaves the MLM head unused: DDP must be told, or it waits for its gradients forever.
+        # MLM alone leaves the NSP head unused and NSP alone the MLM head: DDP must be told, or it waits for
+        # their gradients forever.
         module = ray.train.torch.prepare_model(
             objective, parallel_strategy="ddp",
-            parallel_strategy_kwargs={"find_unused_parameters": not getattr(objective, "use_mlm", True)})
+            parallel_strategy_kwargs={"find_unused_parameters": objective.unused_parameters})
     else:
         raise ValueError(f"trainer.strategy must be ddp or fsdp, got {t['strategy']!r}")
     return torch.compile(module) if t["compile"] else module
@@ -218,6 +222,8 @@ class Loop:
                 loss_sum += loss.detach()
                 window["tokens"] += self.objective.tokens(batch)
             gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), t["grad_clip"])
+            if hasattr(gnorm, "full_tensor"):  # FSDP: each rank holds a partial norm
+                gnorm = gnorm.full_tensor()
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -227,15 +233,17 @@ class Loop:
             window["gnorm"] += float(gnorm)
             window["steps"] += 1
             last = step == t["max_steps"]
-            if step % t["log_every"] == 0 or last:
+            evaluate = (step % t["eval_every"] == 0 or last) and self.c["has_valid"]
+            checkpoint = step % t["ckpt_every"] == 0 or last
+            if step % t["log_every"] == 0 or evaluate or checkpoint:
                 metrics = self.window_metrics(step, window)
                 window = {"loss": 0.0, "steps": 0, "tokens": 0, "wait": 0.0, "start": time.perf_counter(),
                           "gnorm": 0.0}
-            if (step % t["eval_every"] == 0 or last) and self.c["has_valid"]:
+            if evaluate:
                 metrics |= {f"val_{k}": v for k, v in self.evaluate().items()}
-            if step % t["ckpt_every"] == 0 or last:
+            if checkpoint:
                 self.report(metrics, position)
-            elif step % t["log_every"] == 0:
+            elif metrics.get("step") == step:
                 ray.train.report(metrics, checkpoint=None)
             if metrics.get("step") == step:
                 self.log(metrics)

@@ -89,7 +89,7 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
         "model": model_cfg, "objective": objective_cfg,
         "trainer": trainer_cfg, "logger": OmegaConf.to_container(cfg.logger, resolve=True),
         "init_from": init_from, "seq_len": manifest["seq_len"], "has_valid": "valid" in datasets,
-        "special_ids": manifest["tokenizer"]["special_ids"],
+        "special_ids": manifest["tokenizer"]["special_ids"], "tokenizer_vocab_size": manifest["tokenizer"]["vocab_size"],
         "tokenizer_model": storage.read_bytes(manifest["tokenizer"]["path"]),
     }
     resources = {"CPU": trainer_cfg["cpus_per_worker"]} | ({"GPU": 1} if trainer_cfg["use_gpu"] else {})
@@ -105,6 +105,8 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
             worker_runtime_env={"env_vars": worker_env()},
         ),
         datasets=datasets,
+        # The same block order on every run, so a resumed run skips the micro-batches it already trained on.
+        dataset_config=ray.train.DataConfig(execution_options=ordered_execution()),
     )
     log.info("training %s (%s) on %d worker(s): %s", model_cfg["kind"], objective_cfg["name"],
              trainer_cfg["num_workers"], storage.join(storage_path, cfg.run.name))
@@ -120,6 +122,13 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     storage.write_json(storage.join(final_dir, "metrics.json"),
                        {"stage": stage, "run": cfg.run.name, "checkpoint": result.checkpoint.path, **metrics})
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
+
+
+def ordered_execution() -> ray.data.ExecutionOptions:
+    """Ray Train's default ingest options, with blocks kept in order."""
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def data_passes(t: dict, examples: int, most: int = 64) -> int:

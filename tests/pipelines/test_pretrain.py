@@ -96,12 +96,13 @@ def test_resume_continues_the_step_count_and_restores_the_optimizer(compose_conf
     assert state["position"]["step"] == 20
 
 
-def test_a_failed_worker_resumes_from_the_last_checkpoint(compose_config, small_overrides, runs_root, clm_manifest):
+def test_a_failed_worker_resumes_from_the_last_checkpoint(compose_config, small_overrides, runs_root, pairs_manifest):
+    # MLM on two DDP workers also proves DDP copes with the NSP head this objective leaves unused.
     cfg = pretrain_cfg(compose_config, small_overrides, runs_root, "fault",
-                       ["model=decoder_tiny", "trainer.max_steps=20", "trainer.ckpt_every=10", "trainer.num_workers=2",
-                        "trainer.micro_batch_size=4", "trainer.fail_at_step=15", "trainer.fail_rank=1",
-                        "trainer.max_failures=1"])
-    outcome = run_training(cfg, stage="pretrain", manifest=clm_manifest)
+                       ["objective=mlm", "model=encoder_tiny", "trainer.max_steps=20", "trainer.ckpt_every=10",
+                        "trainer.num_workers=2", "trainer.micro_batch_size=4", "trainer.fail_at_step=15",
+                        "trainer.fail_rank=1", "trainer.max_failures=1"])
+    outcome = run_training(cfg, stage="pretrain", manifest=pairs_manifest)
     assert outcome.metrics["step"] == 20
     assert outcome.metrics["resumed_from_step"] == 10  # restarted once, from the step-10 checkpoint
     redone = 15 - outcome.metrics["resumed_from_step"]
