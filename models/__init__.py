@@ -2,20 +2,43 @@
 safetensors checkpoints and the Hugging Face Llama format. No Ray, no Hydra: `build_model(cfg)` takes a plain dict
 (or an OmegaConf node) such as conf/model/*.yaml."""
 
-from models.build import build_model
-from models.checkpoint import (
-    load_checkpoint,
-    load_state,
-    load_weights_into,
-    save_checkpoint,
-    save_state,
-)
-from models.decoder import Decoder, DecoderConfig, KVCache
-from models.encoder import Encoder, EncoderConfig, SequenceClassifier
-from models.generate import GenerationOutput, generate, stream_generate
-from models.heads import RewardModel, ScalarHead, ValueModel
-from models.hf_llama import export_hf_llama, import_hf_llama
-from models.lora import LoRALinear, apply_lora, mark_only_lora_trainable, merge_lora
+import importlib
+
+# Names exported here and the module that defines each. They are imported on first use (PEP 562), so that
+# `from models.tokenizer import Tokenizer` — what Ray Data's tokenizer actors need — does not pay for torch.
+_EXPORTS = {
+    "build_model": "build",
+    "load_checkpoint": "checkpoint",
+    "load_state": "checkpoint",
+    "load_weights_into": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "save_state": "checkpoint",
+    "Decoder": "decoder",
+    "DecoderConfig": "decoder",
+    "KVCache": "decoder",
+    "Encoder": "encoder",
+    "EncoderConfig": "encoder",
+    "SequenceClassifier": "encoder",
+    "GenerationOutput": "generate",
+    "generate": "generate",
+    "stream_generate": "generate",
+    "RewardModel": "heads",
+    "ScalarHead": "heads",
+    "ValueModel": "heads",
+    "export_hf_llama": "hf_llama",
+    "import_hf_llama": "hf_llama",
+    "LoRALinear": "lora",
+    "apply_lora": "lora",
+    "mark_only_lora_trainable": "lora",
+    "merge_lora": "lora",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
 
 __all__ = [
     "build_model",

@@ -180,7 +180,7 @@ def pool_size(files: list[str], fmt: str, data: DictConfig) -> int:
         pieces = len(files)
     else:
         pieces = sum(-(-storage.file_size(f) // data.chunk_bytes) for f in files)
-    room = int((ray.cluster_resources().get("CPU", 1) - 1) / data.tokenize_cpus)
+    room = int((ray.cluster_resources().get("CPU", 1) - data.read_cpus) / data.tokenize_cpus)
     return max(1, min(data.tokenize_actors, pieces, room))
 
 
@@ -188,23 +188,31 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                  shard_format: str) -> dict:
     data = cfg.data
     start = time.perf_counter()
-    tokenized = read_corpus(files, fmt=fmt, field_name=field, chunk_bytes=data.chunk_bytes).map_batches(
+    actors = pool_size(files, fmt, data)
+    tokenized = read_corpus(files, fmt=fmt, field_name=field, chunk_bytes=data.chunk_bytes,
+                            read_tasks=min(len(files), data.read_tasks_per_actor * actors),
+                            read_cpus=data.read_cpus).map_batches(
         TokenizeBatch,
         fn_constructor_kwargs=dict(tokenizer_model=tok.model_proto, fmt=fmt, field_name=field,
                                    shard_format=shard_format, seq_len=data.seq_len,
                                    valid_fraction=data.valid_fraction, seed=data.seed,
                                    on_bad_record=data.on_bad_record),
-        compute=ray.data.ActorPoolStrategy(size=pool_size(files, fmt, data)),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=data.tokenize_cpus,
         batch_size=1 if fmt != "parquet" else 2048,
         batch_format="pyarrow",
     )
     tokenized.context.execution_options.preserve_order = True  # deterministic shards
+    # One block per chunk: Ray Data would otherwise gather a read task's chunks into one large block, and the
+    # actors (and the writer behind them) would wait for the whole task's files before starting.
+    tokenized.context.target_max_block_size = data.chunk_bytes
     tokenized.context.raise_original_map_exception = True  # a BadRecordError arrives as itself
     writers = {s: SplitWriter(shard_dir, s, rows_per_shard=data.rows_per_shard) for s in SPLITS}
     packers = {s: ClmPacker(writers[s], data.seq_len + 1) for s in SPLITS} if shard_format == "clm" else None
     stats = {"documents": dict.fromkeys(SPLITS, 0), "bytes": 0, "bad": 0, "bad_examples": []}
+    first_output = None
     for batch in tokenized.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
+        first_output = first_output or time.perf_counter() - start
         for row in range(batch.num_rows):
             one = batch.slice(row, 1)
             for split in SPLITS:
@@ -232,7 +240,7 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
              {s: {k: splits[s][k] for k in ("examples", "tokens", "documents")} for s in SPLITS})
     return {"format": shard_format, "seq_len": data.seq_len, "sources": files, "bytes": stats["bytes"],
             "bad_records": {"count": stats["bad"], "examples": stats["bad_examples"]}, "splits": splits,
-            "seconds": round(seconds, 3)}
+            "seconds": round(seconds, 3), "seconds_to_first_batch": round(first_output or seconds, 3)}
 
 
 @hydra.main(config_path="../conf", config_name="data", version_base=None)

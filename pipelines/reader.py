@@ -64,8 +64,13 @@ def check_format(fmt: str) -> None:
         raise ValueError(f"data.format must be one of {sorted(FORMATS)}, got {fmt!r}")
 
 
-def read_corpus(files: list[str], *, fmt: str, field_name: str, chunk_bytes: int) -> ray.data.Dataset:
-    """A lazy Ray Dataset over the corpus files (chunks of lines, or parquet rows of the text column)."""
+def read_corpus(files: list[str], *, fmt: str, field_name: str, chunk_bytes: int, read_tasks: int | None = None,
+                read_cpus: float = 1.0) -> ray.data.Dataset:
+    """A lazy Ray Dataset over the corpus files (chunks of lines, or parquet rows of the text column).
+
+    `read_tasks` groups the files into that many read tasks (None: Ray's choice); reading is cheap next to
+    tokenizing, and on a small machine each extra task costs more in scheduling than it reads.
+    """
     check_format(fmt)
     if fmt == "parquet":
         for path in files:
@@ -76,8 +81,10 @@ def read_corpus(files: list[str], *, fmt: str, field_name: str, chunk_bytes: int
                 raise BadRecordError(f"{path}: not a parquet file ({e})") from None
             if field_name not in schema.names:
                 raise BadRecordError(f"{path}: no column {field_name!r} (columns: {schema.names}); set data.field")
-        return ray.data.read_parquet(files, columns=[field_name], include_paths=True)
-    return ray.data.read_datasource(LineChunks(files, chunk_bytes=chunk_bytes))
+        return ray.data.read_parquet(files, columns=[field_name], include_paths=True, num_cpus=read_cpus,
+                                     override_num_blocks=read_tasks)
+    return ray.data.read_datasource(LineChunks(files, chunk_bytes=chunk_bytes), num_cpus=read_cpus,
+                                    override_num_blocks=read_tasks)
 
 
 @dataclass

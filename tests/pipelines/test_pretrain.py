@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.checkpoint import load_state
+from pipelines.evaluate import evaluate
 from pipelines.trainer import ConfigError, run_training
 from pipelines.train_loop import TRAIN_STATE
 
@@ -50,6 +51,13 @@ def test_loss_goes_down(request, compose_config, small_overrides, runs_root, obj
     assert metrics["step"] == 40 and "val_loss" in metrics
     if objective == "mlm_nsp":
         assert {"val_mlm_acc", "val_nsp_acc", "val_ppl"} <= set(metrics)
+    if objective == "clm":  # the checkpoint is what the evaluation stage loads
+        data = [o for o in small_overrides if o.startswith(("data.root", "data.general_docs", "data.medical_docs"))]
+        ecfg = compose_config("evaluate", [*data, f"checkpoint={outcome.run_dir}", "eval.cloze_limit=16"])
+        report = evaluate(ecfg, ecfg.checkpoint, valid_files=manifest["splits"]["valid"]["files"])
+        assert report["cloze_count"] == 16 and 0 <= report["cloze_accuracy"] <= 1 and report["step"] == 40
+        assert 1 < report["val_ppl"] < metrics["val_ppl"] * 1.5
+        assert all(isinstance(r["completion"], str) for r in report["examples"])
 
 
 def constant_shards(manifest: dict, tmp: Path) -> dict:
