@@ -30,7 +30,7 @@ from pipelines.trainer import run_training
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 DEFAULTS = ["model=decoder_tiny", "trainer.max_steps=200", "trainer.log_every=20", "trainer.eval_every=100000",
             "trainer.ckpt_every=100000", "trainer.torch_threads=2", "trainer.micro_batch_size=32",
-            "run.name=bench-throughput"]
+            "run.name=bench-${now:%Y%m%d-%H%M%S}"]
 
 
 def plain_loop(cfg, manifest, steps: int, skip_steps: int) -> float:
