@@ -6,6 +6,8 @@ import importlib
 
 # Names exported here and the module that defines each. They are imported on first use (PEP 562), so that
 # `from models.tokenizer import Tokenizer` — what Ray Data's tokenizer actors need — does not pay for torch.
+# Generation is imported from its module (`from models.generate import generate`): a lazily exported function
+# named like its module would be shadowed by the module once that is imported.
 _EXPORTS = {
     "build_model": "build",
     "load_checkpoint": "checkpoint",
@@ -19,9 +21,6 @@ _EXPORTS = {
     "Encoder": "encoder",
     "EncoderConfig": "encoder",
     "SequenceClassifier": "encoder",
-    "GenerationOutput": "generate",
-    "generate": "generate",
-    "stream_generate": "generate",
     "RewardModel": "heads",
     "ScalarHead": "heads",
     "ValueModel": "heads",
@@ -46,7 +45,6 @@ __all__ = [
     "Encoder", "EncoderConfig", "SequenceClassifier",
     "ScalarHead", "RewardModel", "ValueModel",
     "apply_lora", "mark_only_lora_trainable", "merge_lora", "LoRALinear",
-    "generate", "stream_generate", "GenerationOutput",
     "save_checkpoint", "load_checkpoint", "load_weights_into", "save_state", "load_state",
     "export_hf_llama", "import_hf_llama",
 ]

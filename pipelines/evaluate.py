@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from models import generate, load_checkpoint
+from models import load_checkpoint
+from models.generate import generate
 from models.tokenizer import Tokenizer
 from pipelines import storage
 from pipelines.trainer import resolve_init_from

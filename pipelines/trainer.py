@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 from omegaconf import DictConfig, OmegaConf
@@ -77,13 +78,14 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_config(model_cfg, objective_cfg, manifest, cfg.data.seq_len)
     init_from = resolve_init_from(init_from)
+    storage_path = storage.join(storage.absolute(cfg.run.root), stage)
+    check_resume(storage.join(storage_path, cfg.run.name), model_cfg)
     splits = manifest["splits"]
     train = [ray.data.read_parquet(splits["train"]["files"])
              for _ in range(data_passes(trainer_cfg, splits["train"]["examples"]))]
     datasets = {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
     if splits["valid"]["files"]:
         datasets["valid"] = ray.data.read_parquet(splits["valid"]["files"])
-    storage_path = storage.join(storage.absolute(cfg.run.root), stage)
     config = {
         "stage": stage, "run_name": cfg.run.name, "run_dir": storage.join(storage_path, cfg.run.name),
         "model": model_cfg, "objective": objective_cfg,
@@ -122,6 +124,22 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     storage.write_json(storage.join(final_dir, "metrics.json"),
                        {"stage": stage, "run": cfg.run.name, "checkpoint": result.checkpoint.path, **metrics})
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
+
+
+def check_resume(run_dir: str, model_cfg: dict) -> None:
+    """An existing run is resumed from its latest checkpoint: it must hold the same model."""
+    fs, path = storage.filesystem(run_dir)
+    checkpoints = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+    if not checkpoints:
+        return
+    with fs.open_input_stream(f"{checkpoints[-1]}/config.json") as f:
+        saved = json.loads(f.readall())
+    wanted = {k: v for k, v in model_cfg.items() if k != "kind"}
+    changed = {k: (saved["config"].get(k), v) for k, v in wanted.items() if saved["config"].get(k) != v}
+    if saved["kind"] != model_cfg["kind"] or changed:
+        raise ConfigError(f"run {run_dir} already holds checkpoints of another model (saved vs asked: {changed}); "
+                          f"resume it with the same model, or choose a new run.name")
 
 
 def ordered_execution() -> ray.data.ExecutionOptions:

@@ -97,6 +97,10 @@ def test_resume_continues_the_step_count_and_restores_the_optimizer(compose_conf
                                       [*base, "trainer.max_steps=20"]), stage="pretrain", manifest=clm_manifest)
     assert again.metrics["resumed_from_step"] == 10
     assert [m["step"] for m in again.metrics["history"]] == [15, 20]
+    with pytest.raises(ConfigError, match="already holds checkpoints of another model"):
+        run_training(pretrain_cfg(compose_config, small_overrides, runs_root, "resume",
+                                  [*base, "trainer.max_steps=30", "model.d_model=32"]),
+                     stage="pretrain", manifest=clm_manifest)
     state = load_state(str(Path(json.loads((Path(again.final_dir) / "metrics.json").read_text())["checkpoint"])
                            / TRAIN_STATE))
     # AdamW counts its own steps: 20 only if the second run started from the first run's optimizer state.
