@@ -229,8 +229,9 @@ class Loop:
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
             position["step"] = step
-            window["loss"] += float(loss_sum) / t["grad_accum"]
-            window["gnorm"] += float(gnorm)
+            # Tensors until the next log line: converting every step would wait for the GPU every step.
+            window["loss"] += loss_sum / t["grad_accum"]
+            window["gnorm"] += gnorm.detach()
             window["steps"] += 1
             last = step == t["max_steps"]
             evaluate = (step % t["eval_every"] == 0 or last) and self.c["has_valid"]
@@ -252,7 +253,7 @@ class Loop:
 
     def window_metrics(self, step: int, window: dict) -> dict:
         loss, steps, tokens, wait, gnorm = all_reduce_sum(
-            [window["loss"], window["steps"], window["tokens"], window["wait"], window["gnorm"]], self.device)
+            [float(window[k]) for k in ("loss", "steps", "tokens", "wait", "gnorm")], self.device)
         elapsed = time.perf_counter() - window["start"]
         metrics = {"step": step, "loss": loss / steps, "lr": self.scheduler.get_last_lr()[0],
                    "grad_norm": gnorm / steps, "tokens_per_s": tokens / elapsed,
