@@ -8,6 +8,7 @@ Other stages call `prepare_shards(cfg)` directly; it returns the manifest.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
@@ -96,7 +97,7 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
         if first is None:
             raise CorpusError(f"empty corpus: no documents in {_describe(files)}")
         model = train_sentencepiece(
-            _chain(first, sentences), model_type=tcfg.model_type, vocab_size=tcfg.vocab_size,
+            itertools.chain([first], sentences), model_type=tcfg.model_type, vocab_size=tcfg.vocab_size,
             character_coverage=tcfg.character_coverage, input_sentence_size=tcfg.input_sentence_size)
     storage.write_bytes(path, model)
     tok = Tokenizer(model)
@@ -113,11 +114,6 @@ def _sentences(docs: ray.data.Dataset):
     for batch in docs.iter_batches(batch_format="pyarrow", batch_size=None):
         for text in batch.column("text").to_pylist():
             yield from split_sentences(text)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _describe(files: list[str]) -> str:
