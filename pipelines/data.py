@@ -15,7 +15,6 @@ import time
 
 import hydra
 import pyarrow as pa
-import pyarrow.fs as pafs
 import ray
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,8 +60,7 @@ def builtin_corpus(data: DictConfig) -> str:
         if not storage.exists(storage.join(target, "manifest.json")):
             with tempfile.TemporaryDirectory() as tmp:
                 write_corpus(tmp, **params)
-                fs, p = storage.filesystem(target)
-                pafs.copy_files(tmp, p, destination_filesystem=fs)
+                storage.upload_dir(tmp, target)
     elif not corpus_is_complete(target, params):
         log.info("generating the built-in corpus in %s", target)
         write_corpus(target, **params)

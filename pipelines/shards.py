@@ -48,7 +48,7 @@ class SplitWriter:
         head, rest = table.slice(0, rows), table.slice(rows)
         path = storage.join(self.dir, f"shard-{len(self.files):05d}.parquet")
         fs, p = storage.filesystem(path)
-        fs.create_dir(self.dir if not storage.is_uri(self.dir) else p.rsplit("/", 1)[0], recursive=True)
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
         pq.write_table(head, p, filesystem=fs, row_group_size=min(rows, 4096))
         self.files.append(path)
         self.examples += head.num_rows
@@ -88,7 +88,3 @@ def pairs_table(ids: pa.Array, types: pa.Array, is_next: pa.Array, seq_len: int)
 def read_manifest(shard_dir: str) -> dict | None:
     path = storage.join(shard_dir, MANIFEST)
     return storage.read_json(path) if storage.exists(path) else None
-
-
-def shard_files(manifest: dict, split: str) -> list[str]:
-    return manifest["splits"][split]["files"]
