@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 
 from cluster.connect import connect
 from models import build_model
-from pipelines.objectives import objective_class
-from pipelines.pretrain import load_shards
-from pipelines.train_loop import lr_lambda, make_optimizer
-from pipelines.trainer import run_training
+from pipelines.train.objectives import objective_class
+from pipelines.data import prepare_shards
+from pipelines.train.loop import lr_lambda, make_optimizer
+from pipelines.train.driver import run_training
 
 CONF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 DEFAULTS = ["model=decoder_tiny", "trainer.max_steps=200", "trainer.log_every=20", "trainer.eval_every=100000",
@@ -41,7 +41,10 @@ def plain_loop(cfg, manifest, steps: int, skip_steps: int) -> float:
         torch.set_num_threads(t["torch_threads"])
     torch.manual_seed(t["seed"])
     model = build_model(OmegaConf.to_container(cfg.model, resolve=True))
-    objective = objective_class(cfg.objective.name)(model, cfg.objective, manifest["tokenizer"]["special_ids"])
+    tokenizer = manifest["tokenizer"]
+    objective = objective_class(cfg.objective.name)(model, cfg.objective, tokenizer["special_ids"],
+                                                    vocab_size=tokenizer["vocab_size"],
+                                                    first_ordinary_id=tokenizer["first_ordinary_id"])
     objective.to(device)
     module = torch.compile(objective) if t["compile"] else objective
     optimizer = make_optimizer(model, t, device)
@@ -70,7 +73,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=CONF, version_base=None):
         cfg = compose("pretrain", [*DEFAULTS, *sys.argv[1:]])
     connect(cfg.cluster)
-    manifest = load_shards(cfg)
+    manifest = prepare_shards(cfg)
     t = cfg.trainer
     skip_windows = 2
     plain = plain_loop(cfg, manifest, t.max_steps, skip_windows * t.log_every)

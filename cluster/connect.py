@@ -4,12 +4,18 @@
 - With `cluster.address` set: join it (`auto`, `host:port` or `ray://host:10001`).
 - Otherwise: start an embedded local cluster sized for this machine (`cluster.num_cpus`, default all cores).
 - Already connected (a test session, a notebook): reuse the connection, start nothing twice.
+
+`RAY_ADDRESS=http://host:8265` (the dashboard, which `ray job submit` talks to) cannot be joined by a driver: it is
+refused with a message naming the variables for each use. `wait_for_resources` checks that what a stage asks for
+(GPUs, CPUs) exists before any worker is scheduled, instead of Ray waiting for it forever.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+import warnings
 from typing import Any, Mapping
 
 import ray
@@ -18,14 +24,22 @@ import ray.data
 log = logging.getLogger(__name__)
 
 
+class ClusterError(ValueError):
+    """The cluster cannot be reached or cannot run what was asked, as configured (a user error: one line)."""
+
+
 def connect(cfg: Mapping[str, Any]) -> dict:
     """Connect to Ray as `cfg` (the `cluster` group) says; returns the cluster's resources."""
-    # Ray Data's per-operator progress bars flood logs that are not a terminal (jobs, CI, Train workers).
-    ray.data.DataContext.get_current().enable_progress_bars = cfg["progress_bars"]
+    quiet_ray()
     if ray.is_initialized():
         return ray.cluster_resources()
     runtime_env = {"env_vars": dict(cfg["env_vars"] or {})} if cfg["env_vars"] else None
     address = cfg["address"] or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        setting = "cluster.address" if cfg["address"] else "RAY_ADDRESS"
+        raise ClusterError(f"{setting}={address} is the dashboard's HTTP address, which only `ray job submit` uses: "
+                          f"put it in RAY_API_SERVER_ADDRESS for job submission, and give drivers the cluster's "
+                          f"address instead (RAY_ADDRESS=<head>:6379, or auto on a cluster node)")
     if address:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address, namespace=cfg["namespace"], runtime_env=runtime_env, log_to_driver=True)
@@ -43,3 +57,44 @@ def connect(cfg: Mapping[str, Any]) -> dict:
     resources = ray.cluster_resources()
     log.info("Ray resources: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
     return resources
+
+
+def quiet_ray() -> None:
+    """Ray settings that keep a stage's output to its own progress lines (Ray's logs on disk stay complete)."""
+    context = ray.data.DataContext.get_current()
+    # Per-operator progress bars flood logs that are not a terminal (jobs, CI, Train workers); the data stage
+    # logs its own progress. The execution plan printed at every dataset start is for debugging.
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # A failed dataset (e.g. a bad record with data.on_bad_record=fail) is logged by two Ray Data loggers with
+    # every frame of Ray's task machinery, then raised to the caller anyway: the stage reports it once (one line
+    # for a user error, the traceback for a bug).
+    for name in ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # "Progress bars disabled. To enable, ..." answers the setting above.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # Ray Train's default ingest options set a deprecated field of Ray Data's own: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*exclude_resources.*is deprecated")
+
+
+def wait_for_resources(cfg: Mapping[str, Any], wanted: Mapping[str, float], *, what: str) -> None:
+    """Fail at once when the cluster lacks `wanted` (e.g. {"GPU": 8, "CPU": 4}), saying what it has; with
+    `cluster.autoscaling` wait up to `cluster.resource_wait_s` for an autoscaler to add nodes."""
+    deadline = time.monotonic() + (cfg["resource_wait_s"] if cfg["autoscaling"] else 0)
+    announced = False
+    while True:
+        have = ray.cluster_resources()
+        short = {k: (v, have.get(k, 0.0)) for k, v in wanted.items() if v and have.get(k, 0.0) < v}
+        if not short:
+            return
+        needs = ", ".join(f"{k} {need:g} (the cluster has {got:g})" for k, (need, got) in short.items())
+        if time.monotonic() >= deadline:
+            hint = ("the autoscaler added none in cluster.resource_wait_s" if cfg["autoscaling"] else
+                    "set cluster.autoscaling=true if an autoscaler (KubeRay, the cluster launcher) can add nodes")
+            raise ClusterError(f"{what} needs {needs}: ask for less (e.g. trainer=cpu or fewer trainer.num_workers) "
+                              f"or add nodes; {hint}")
+        if not announced:
+            log.warning("%s needs %s: waiting up to %ds for the autoscaler to add nodes", what, needs,
+                        cfg["resource_wait_s"])
+            announced = True
+        time.sleep(5)

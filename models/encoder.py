@@ -178,16 +178,22 @@ class Encoder(nn.Module):
             n -= sum(p.numel() for p in self.embeddings.parameters() if p.dim() == 2)
         return n
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs (forward + backward) per token at length seq_len, MLM pre-training.
+    def flops_per_token(self, seq_len: int, *, decoded_fraction: float = 1.0) -> float:
+        """Training FLOPs (forward + backward) per token at length seq_len (PaLM appendix B, nanoGPT).
 
-        6 * N for the weight matmuls, N = non-embedding parameters plus the tied MLM decoder (vocab x d_model, a
-        matmul although its weight is the embedding), plus 12 * n_layer * d_model * seq_len for attention scores
-        and weighted values (bidirectional, so every query sees every key). An upper bound: MLM only decodes the
-        masked positions.
+        6 per parameter for the weight matmuls, each counted where it runs: the blocks (and the embedding norm) at
+        every position; the MLM head — its transform and the decoder tied to the word embedding (vocab x d_model,
+        a matmul although its weight is the embedding) — only at the `decoded_fraction` of positions that are
+        decoded (MLM's mask_prob; 0 when only NSP trains); the pooler and NSP head once per sequence. Plus
+        12 * n_layer * d_model * seq_len for attention scores and weighted values (bidirectional, so every query
+        sees every key).
         """
         cfg = self.cfg
-        n = self.num_params(non_embedding=True) + cfg.vocab_size * cfg.d_model
+        mlm_head_params = sum(p.numel() for p in self.mlm_head.parameters())
+        per_sequence = sum(p.numel() for m in (self.pooler, self.nsp_head) for p in m.parameters())
+        every_position = self.num_params(non_embedding=True) - mlm_head_params - per_sequence
+        decoded = mlm_head_params + cfg.vocab_size * cfg.d_model
+        n = every_position + decoded_fraction * decoded + per_sequence / seq_len
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.d_model * seq_len
 
 

@@ -93,6 +93,15 @@ class Tokenizer:
         return self.sp.get_piece_size()
 
     @property
+    def first_ordinary_id(self) -> int:
+        """The first piece after the special tokens and the byte-fallback pieces `<0x00>`..`<0xFF>` (a `char`
+        model has none): ids from here up are the pieces learned from text, e.g. for MLM's random replacements."""
+        sp, i = self.sp, 0
+        while i < self.vocab_size and (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i)):
+            i += 1
+        return i
+
+    @property
     def special_ids(self) -> dict[str, int]:
         return {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS, "mask": self.mask_id, "cls": self.cls_id,
                 "sep": self.sep_id, "end": self.end_id, **self.role_ids}

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import time
 
-import hydra
 from omegaconf import DictConfig
 
-from cluster.connect import connect
+from pipelines.entry import stage_main
 from pipelines.evaluate import evaluate, print_report
-from pipelines.pretrain import load_shards
-from pipelines.trainer import print_summary, run_training
+from pipelines.pretrain import pretrain
+from pipelines.train.driver import print_summary
 
 
-@hydra.main(config_path="../conf", config_name="lifecycle", version_base=None)
+@stage_main("lifecycle")
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
-    connect(cfg.cluster)
-    manifest = load_shards(cfg)
-    outcome = run_training(cfg, stage="pretrain", manifest=manifest, init_from=cfg.init_from)
+    outcome = pretrain(cfg)
     print_summary(outcome)
-    report = evaluate(cfg, outcome.final_dir, valid_files=manifest["splits"]["valid"]["files"])
-    print_report(report, show=cfg.eval.show)
+    print_report(evaluate(cfg, outcome.final_dir), show=cfg.eval.show)
     print(f"lifecycle finished in {time.perf_counter() - start:.0f}s")
 
 

@@ -1,39 +1,44 @@
 """Stage 2 — pre-training: `python -m pipelines.pretrain [model=decoder_small] [objective=clm] [trainer.num_workers=2]`.
 
-The recipe: join Ray; build or reuse the token shards for the objective; train with the shared Ray Train loop;
-print the run directory whose `final/` checkpoint the next stage takes as `init_from=`.
+The recipe: check what can be checked without Ray (objective, model, init_from, run name); join Ray; build or reuse
+the token shards for the objective; train with the shared Ray Train loop; print the run directory whose `final/`
+checkpoint the next stage takes as `init_from=`.
 """
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cluster.connect import connect
 from pipelines import storage
 from pipelines.data import prepare_shards
-from pipelines.shards import read_manifest
-from pipelines.trainer import ConfigError, TrainOutcome, print_summary, run_training
+from pipelines.data.shards import read_manifest
+from pipelines.entry import stage_main
+from pipelines.errors import MissingPathError
+from pipelines.train.driver import TrainOutcome, check_config, preflight, print_summary, run_training
 
 
-def load_shards(cfg: DictConfig) -> dict:
-    """The manifest of `cfg.shards` when given, else of the shards the data config describes (built if needed)."""
-    if cfg.shards:
-        manifest = read_manifest(storage.absolute(cfg.shards))
-        if manifest is None:
-            raise ConfigError(f"shards={cfg.shards}: no manifest.json there (build with python -m pipelines.data)")
-        return manifest
-    return prepare_shards(cfg)
+def given_shards(cfg: DictConfig) -> dict | None:
+    """The manifest of `shards=DIR` (checked against the model, no Ray needed), or None to build/reuse shards."""
+    if not cfg.shards:
+        return None
+    manifest = read_manifest(storage.absolute(cfg.shards))
+    if manifest is None:
+        raise MissingPathError(f"shards={cfg.shards}: no manifest.json there (build shards with python -m pipelines.data)")
+    check_config(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.objective, resolve=True),
+                 manifest, cfg.data.seq_len)
+    return manifest
 
 
 def pretrain(cfg: DictConfig) -> TrainOutcome:
-    manifest = load_shards(cfg)
-    return run_training(cfg, stage="pretrain", manifest=manifest, init_from=cfg.init_from)
-
-
-@hydra.main(config_path="../conf", config_name="pretrain", version_base=None)
-def main(cfg: DictConfig) -> None:
+    init_from = preflight(cfg, stage="pretrain", init_from=cfg.init_from)
+    manifest = given_shards(cfg)
     connect(cfg.cluster)
+    return run_training(cfg, stage="pretrain", manifest=manifest or prepare_shards(cfg), init_from=init_from)
+
+
+@stage_main("pretrain")
+def main(cfg: DictConfig) -> None:
     print_summary(pretrain(cfg))
 
 

@@ -17,6 +17,8 @@ from typing import Iterable
 
 import pyarrow.fs as pafs
 
+from pipelines.errors import ConfigError, MissingPathError
+
 
 def is_uri(path: str) -> bool:
     return "://" in path
@@ -25,6 +27,21 @@ def is_uri(path: str) -> bool:
 def absolute(path: str) -> str:
     """A URI unchanged; a local path made absolute."""
     return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a `ray job submit` job (the job supervisor sets this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def root(path: str, setting: str) -> str:
+    """A storage root (`data.root`, `run.root`) made absolute. Inside a Ray job a relative root would resolve
+    into the job's temporary copy of the working directory, deleted with it: refuse it and say what to set."""
+    if in_ray_job() and not is_uri(path) and not os.path.isabs(os.path.expanduser(path)):
+        raise ConfigError(f"{setting}={path} is relative, and inside a Ray job it would land in the job's temporary "
+                          f"working directory ({os.getcwd()}) and be lost: set {setting}= to an absolute path or a "
+                          f"URI every node can reach (e.g. {setting}=/mnt/shared/lmlife or s3://bucket/lmlife)")
+    return absolute(path)
 
 
 def join(base: str, *parts: str) -> str:
@@ -79,7 +96,7 @@ def delete_dir(path: str) -> None:
 def expand(paths: Iterable[str], *, suffixes: tuple[str, ...] = ()) -> list[str]:
     """Files named by `paths` (files, directories searched recursively, or `*` globs in the last part), sorted.
 
-    A path that names nothing raises FileNotFoundError naming it; hidden files (.name, _name) are skipped.
+    A path that names nothing raises MissingPathError (a FileNotFoundError) naming it; hidden files (.name, _name) are skipped.
     """
     files: list[str] = []
     for raw in paths:
@@ -93,13 +110,13 @@ def expand(paths: Iterable[str], *, suffixes: tuple[str, ...] = ()) -> list[str]
         else:
             info = fs.get_file_info(p)
             if info.type == pafs.FileType.NotFound:
-                raise FileNotFoundError(f"corpus path not found: {raw}")
+                raise MissingPathError(f"corpus path not found: {raw} (data.paths)")
             infos = [info] if info.type == pafs.FileType.File else [
                 i for i in fs.get_file_info(pafs.FileSelector(p, recursive=True)) if i.type == pafs.FileType.File]
         found = sorted(prefix + i.path for i in infos if not i.base_name.startswith((".", "_"))
                        and (not suffixes or i.base_name.endswith(suffixes) or i.path == p))
         if not found:
-            raise FileNotFoundError(f"no corpus files under {raw}" + (f" (looked for {suffixes})" if suffixes else ""))
+            raise MissingPathError(f"no corpus files under {raw}" + (f" (looked for {suffixes})" if suffixes else ""))
         files += found
     return files
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,28 @@ def ray_cluster():
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cluster_left_clean(request):
+    """After each test module: the shared cluster's CPUs are all free again. A Serve app, actor or Tune trial left
+    behind would starve later Train tests on 2 CPUs until they hang; name what still holds them."""
+    yield
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + 30  # actors of a finished fit or dataset take a moment to exit
+    while ray.available_resources().get("CPU", 0.0) < total - 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    free = ray.available_resources().get("CPU", 0.0)
+    if free < total - 1e-6:
+        from ray.util.state import list_actors
+
+        alive = [f"{a.class_name} (pid {a.pid})" for a in list_actors(filters=[("state", "=", "ALIVE")])]
+        pytest.fail(f"{request.module.__name__} left {total - free:g} of {total:g} CPUs held; alive actors: "
+                    f"{alive or 'none (tasks or placement groups)'}")
 
 
 @pytest.fixture(scope="session")

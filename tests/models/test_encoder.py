@@ -65,10 +65,21 @@ def test_classifier_reuses_the_pooler(encoder):
 
 
 def test_num_params_and_flops():
-    model = Encoder(tiny_encoder_config())
+    model = Encoder(tiny_encoder_config())  # vocab 97, d_model 32, 2 layers, d_ff 64
     embeddings = VOCAB * 32 + 32 * 32 + 2 * 32  # word, position, segment
     assert model.num_params() - model.num_params(non_embedding=True) == embeddings
-    assert model.flops_per_token(16) == 6 * (model.num_params(non_embedding=True) + VOCAB * 32) + 12 * 2 * 32 * 16
+    per_layer = 4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 2 * 32  # q k v o; MLP up, down; 2 norms
+    every_position = 2 * per_layer + 2 * 32  # + the embedding norm
+    mlm_head = (32 * 32 + 32) + 2 * 32 + VOCAB + VOCAB * 32  # transform, its norm, output bias, tied decoder
+    per_sequence = (32 * 32 + 32) + (32 * 2 + 2)  # pooler, NSP head
+    attention = 12 * 2 * 32 * 16
+    assert model.num_params(non_embedding=True) == every_position + mlm_head - VOCAB * 32 + per_sequence
+    hand = 6 * (every_position + 0.15 * mlm_head + per_sequence / 16) + attention
+    assert model.flops_per_token(16, decoded_fraction=0.15) == pytest.approx(hand, rel=1e-12)
+    # MLM decodes only the masked positions: 85% of the head's work per token is not done.
+    assert model.flops_per_token(16) - model.flops_per_token(16, decoded_fraction=0.15) == \
+        pytest.approx(0.85 * 6 * mlm_head, rel=1e-12)
+    assert model.flops_per_token(16, decoded_fraction=0.0) == pytest.approx(hand - 0.15 * 6 * mlm_head, rel=1e-12)
 
 
 def test_build_model_rejects_unknown_keys():

@@ -52,3 +52,13 @@ def test_unknown_model_type_and_foreign_model():
         train_sentencepiece(SENTENCES, model_type="wordpiece", vocab_size=100)
     with pytest.raises(Exception):
         Tokenizer(b"not a model")
+
+
+def test_first_ordinary_id_skips_special_and_byte_pieces(tokenizer, request):
+    sp, first = tokenizer.sp, tokenizer.first_ordinary_id
+    if request.node.callspec.params["tokenizer"] == "char":  # no byte fallback: right after the specials
+        assert first == len(tokenizer.special_ids) == 11
+    else:  # the 256 byte-fallback pieces <0x00>..<0xFF> follow the 11 specials
+        assert first == 11 + 256 and sp.id_to_piece(first - 1) == "<0xFF>"
+    assert all(sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) for i in range(first))
+    assert not any(sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) for i in range(first, tokenizer.vocab_size))

@@ -1,10 +1,12 @@
-"""Driver side of training: check the config against the shards, then run a Ray Train `TorchTrainer`.
+"""Driver side of training: check the config, then run a Ray Train `TorchTrainer`.
 
-`run_training` is what pretrain (and later fine-tuning, reward-model training) call: it fails fast — before any
-worker starts — on an unknown objective, a model of the wrong kind for the objective, a model/tokenizer vocabulary
-mismatch or a sequence length the shards do not have; builds the Ray Datasets from the manifest's parquet shards;
-fits; and leaves the final checkpoint (weights, config, tokenizer, meta) and `metrics.json` in
-`{run.root}/{stage}/{run.name}/final`, the directory the next stage takes as `init_from=`.
+`preflight` is what a stage calls before it starts Ray or builds shards: an unknown objective, a model of the wrong
+kind for it, an `init_from` that does not exist or holds another model's shape, a run name that holds another
+model's checkpoints, or a run that already finished — each is one clear error, found in milliseconds.
+`run_training` (pretrain; later fine-tuning and reward-model training) checks the model against the shards
+(vocabulary, sequence length, format) and the cluster's resources against the request, builds the Ray Datasets from
+the manifest's parquet shards, fits, and leaves the final checkpoint (weights, config, tokenizer, meta) and
+`metrics.json` in `{run.root}/{stage}/{run.name}/final`, the directory the next stage takes as `init_from=`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,14 @@ import ray.train
 from omegaconf import DictConfig, OmegaConf
 from ray.train.torch import TorchTrainer
 
+from cluster.connect import wait_for_resources
 from pipelines import storage
-from pipelines.objectives import objective_class
-from pipelines.train_loop import TRAIN_STATE, train_func
+from pipelines.errors import CheckpointError, ConfigError, MissingPathError, RunFinishedError
+from pipelines.train.objectives import objective_class
+from pipelines.train.loop import TRAIN_STATE, train_func
 
 log = logging.getLogger(__name__)
 FINAL = "final"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work, found before any worker starts."""
 
 
 @dataclass
@@ -47,16 +47,54 @@ def resolve_init_from(path: str | None) -> str | None:
     if storage.exists(storage.join(path, FINAL, "model.safetensors")):
         return storage.join(path, FINAL)
     if not storage.exists(storage.join(path, "model.safetensors")):
-        raise ConfigError(f"init_from={path}: neither a checkpoint (model.safetensors) nor a run directory "
-                          f"(final/model.safetensors)")
+        what = "does not exist" if not storage.exists(path) else "holds no checkpoint"
+        raise MissingPathError(f"init_from={path} {what}: give a checkpoint directory (with model.safetensors) or a "
+                               f"run directory (with final/model.safetensors)")
     return path
 
 
-def check_config(model_cfg: dict, objective_cfg: dict, manifest: dict, seq_len: int) -> None:
-    objective = objective_class(objective_cfg["name"])
+# Model settings that do not change the shape of any weight: a checkpoint may be loaded into a model that differs
+# only in these.
+NOT_SHAPES = ("dropout", "init_std", "norm_eps", "rope_theta")
+
+
+def check_checkpoint_fits(path: str, model_cfg: dict, *, setting: str) -> dict:
+    """The checkpoint at `path` holds the model `model_cfg` describes (kind and every weight shape); returns its
+    config.json. Read on the driver, so a mismatch is one line here, not a retried failure in every worker."""
+    saved = storage.read_json(storage.join(path, "config.json"))
+    if saved["kind"] != model_cfg["kind"]:
+        raise CheckpointError(f"{setting}: the checkpoint holds a {saved['kind']} but model.kind is "
+                              f"{model_cfg['kind']!r}; choose the matching model=...")
+    ignored = set(NOT_SHAPES) | ({"max_seq_len"} if model_cfg["kind"] == "decoder" else set())  # rotary: no table
+    changed = {k: (saved["config"].get(k), v) for k, v in model_cfg.items()
+               if k != "kind" and k not in ignored and saved["config"].get(k) != v}
+    if changed:
+        diff = ", ".join(f"model.{k}={v!r} (checkpoint: {was!r})" for k, (was, v) in sorted(changed.items()))
+        raise CheckpointError(f"{setting} holds another model's shape: {diff}; use the checkpoint's model settings")
+    return saved
+
+
+def preflight(cfg: DictConfig, *, stage: str, init_from: str | None) -> str | None:
+    """Checks that need neither Ray nor shards; returns `init_from` resolved to a checkpoint directory."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    objective = objective_class(cfg.objective.name)
     if model_cfg["kind"] != objective.model_kind:
-        raise ConfigError(f"objective={objective_cfg['name']} trains {objective.model_kind} models, but model.kind is "
+        raise ConfigError(f"objective={cfg.objective.name} trains {objective.model_kind} models, but model.kind is "
                           f"{model_cfg['kind']!r} (pick e.g. model={objective.model_kind}_tiny)")
+    init_from = resolve_init_from(init_from)
+    if init_from:
+        check_checkpoint_fits(init_from, model_cfg, setting=f"init_from={init_from}")
+    check_resume(run_directory(cfg, stage), model_cfg, cfg.trainer.max_steps)
+    return init_from
+
+
+def run_directory(cfg: DictConfig, stage: str) -> str:
+    return storage.join(storage.root(cfg.run.root, "run.root"), stage, cfg.run.name)
+
+
+def check_config(model_cfg: dict, objective_cfg: dict, manifest: dict, seq_len: int) -> None:
+    """The model and objective against the shards they will read."""
+    objective = objective_class(objective_cfg["name"])
     if manifest["format"] != objective.shard_format:
         raise ConfigError(f"objective={objective_cfg['name']} reads {objective.shard_format!r} shards, but "
                           f"{manifest['dir']} holds {manifest['format']!r} shards")
@@ -73,13 +111,16 @@ def check_config(model_cfg: dict, objective_cfg: dict, manifest: dict, seq_len: 
 
 
 def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None = None) -> TrainOutcome:
+    init_from = preflight(cfg, stage=stage, init_from=init_from)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_config(model_cfg, objective_cfg, manifest, cfg.data.seq_len)
-    init_from = resolve_init_from(init_from)
-    storage_path = storage.join(storage.absolute(cfg.run.root), stage)
-    check_resume(storage.join(storage_path, cfg.run.name), model_cfg)
+    workers = trainer_cfg["num_workers"]
+    resources = {"CPU": trainer_cfg["cpus_per_worker"]} | ({"GPU": 1} if trainer_cfg["use_gpu"] else {})
+    wait_for_resources(cfg.cluster, {k: v * workers for k, v in resources.items()},
+                       what=f"trainer.num_workers={workers} x {resources}")
+    storage_path = storage.join(storage.root(cfg.run.root, "run.root"), stage)
     splits = manifest["splits"]
     train = [ray.data.read_parquet(splits["train"]["files"])
              for _ in range(data_passes(trainer_cfg, splits["train"]["examples"]))]
@@ -92,9 +133,9 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
         "trainer": trainer_cfg, "logger": OmegaConf.to_container(cfg.logger, resolve=True),
         "init_from": init_from, "seq_len": manifest["seq_len"], "has_valid": "valid" in datasets,
         "special_ids": manifest["tokenizer"]["special_ids"], "tokenizer_vocab_size": manifest["tokenizer"]["vocab_size"],
-        "tokenizer_model": storage.read_bytes(manifest["tokenizer"]["path"]),
+        "first_ordinary_id": manifest["tokenizer"]["first_ordinary_id"],
+        "tokenizer_model": storage.read_bytes(manifest["tokenizer"]["path"]), "shards": manifest["dir"],
     }
-    resources = {"CPU": trainer_cfg["cpus_per_worker"]} | ({"GPU": 1} if trainer_cfg["use_gpu"] else {})
     trainer = TorchTrainer(
         train_func,
         train_loop_config=config,
@@ -126,20 +167,24 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
 
 
-def check_resume(run_dir: str, model_cfg: dict) -> None:
-    """An existing run is resumed from its latest checkpoint: it must hold the same model."""
+def check_resume(run_dir: str, model_cfg: dict, max_steps: int) -> None:
+    """An existing run is resumed from its latest checkpoint: it must hold the same model, and have steps left
+    (re-running a finished run would train nothing and overwrite its final metrics)."""
     fs, path = storage.filesystem(run_dir)
     checkpoints = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
                          if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
     if not checkpoints:
         return
-    with fs.open_input_stream(f"{checkpoints[-1]}/config.json") as f:
-        saved = json.loads(f.readall())
-    wanted = {k: v for k, v in model_cfg.items() if k != "kind"}
-    changed = {k: (saved["config"].get(k), v) for k, v in wanted.items() if saved["config"].get(k) != v}
-    if saved["kind"] != model_cfg["kind"] or changed:
-        raise ConfigError(f"run {run_dir} already holds checkpoints of another model (saved vs asked: {changed}); "
-                          f"resume it with the same model, or choose a new run.name")
+    latest = storage.join(run_dir, checkpoints[-1].rsplit("/", 1)[-1])
+    try:
+        check_checkpoint_fits(latest, model_cfg, setting=f"run {run_dir}")
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} — it already holds checkpoints of another model; resume it with the same "
+                              f"model, or choose a new run.name") from None
+    step = storage.read_json(storage.join(latest, "meta.json"))["step"]
+    if step >= max_steps:
+        raise RunFinishedError(f"run {run_dir} finished at step {step}; raise trainer.max_steps (now {max_steps}) "
+                               f"to continue or choose a new run.name")
 
 
 def ordered_execution() -> ray.data.ExecutionOptions:

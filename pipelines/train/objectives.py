@@ -3,13 +3,14 @@
 An objective is an `nn.Module` whose `forward(batch, generator)` returns `(loss, stats)`, where `stats` maps a
 metric name to `(sum, count)` tensors — sums add up across micro-batches, evaluation batches and workers, and
 the loop divides once. Wrapping the model lets DDP/FSDP see every head an objective uses inside one `forward`.
-Every objective lists its `stat_names` (the same on every worker, so they can be summed with one all-reduce).
+Every objective lists its `stat_names` (the same on every worker, so they can be summed with one all-reduce)
+and counts its `flops_per_token` (for MFU: only the heads it runs, where it runs them).
 Adding an objective is a class here, an entry in OBJECTIVES and a conf/objective/*.yaml; the loop never changes.
 
 - `clm`: next-token cross-entropy over packed blocks (decoder).
 - `mlm`: BERT dynamic masking, drawn anew every step from the given generator: `mask_prob` of the non-special
-  tokens are chosen; of those `mask_token_frac` become <mask>, `random_token_frac` a random ordinary token, the
-  rest stay — the model predicts the originals at all chosen positions (encoder).
+  tokens are chosen; of those `mask_token_frac` become <mask>, `random_token_frac` a random ordinary token (from
+  the tokenizer's `first_ordinary_id`: no special or byte-fallback piece), the rest stay — the model predicts the originals at all chosen positions (encoder).
 - `nsp`: is segment B the next sentence after A? (encoder, pooled first token).
 - `mlm_nsp`: the sum of both, on the same batch (BERT pre-training).
 """
@@ -21,6 +22,8 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pipelines.errors import ConfigError
 
 IGNORE = -100
 Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -52,9 +55,14 @@ class CausalLM(nn.Module):
     stat_names = ("loss",)
     unused_parameters = False
 
-    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], vocab_size: int | None = None):
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
+                 first_ordinary_id: int):
+        """Every objective takes the same arguments, so the loop builds any of them alike; CLM needs only the model."""
         super().__init__()
         self.model = model
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.model.flops_per_token(seq_len)
 
     def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
         ids = batch["input_ids"].long()  # (B, T + 1)
@@ -76,15 +84,21 @@ class PairObjective(nn.Module):
     ppl_of: str | None = None
     unused_parameters = False
 
-    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], vocab_size: int | None = None):
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
+                 first_ordinary_id: int):
         super().__init__()
         self.model = model
         self.cfg = dict(cfg)
         self.special = special_ids
-        # Random replacements are ordinary pieces of the tokenizer: after the special tokens, below its vocabulary
-        # size (the model's embedding may be larger).
-        self.random_low = max(special_ids.values()) + 1
-        self.vocab_size = vocab_size or model.cfg.vocab_size
+        # Random replacements are ordinary pieces of the tokenizer: after the special tokens and the byte-fallback
+        # pieces (rare in text, so replacing with them would teach little), below the tokenizer's vocabulary size
+        # (the model's embedding may be larger).
+        self.random_low, self.vocab_size = first_ordinary_id, vocab_size
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """The encoder's training FLOPs per token, its MLM head counted only at the masked share of positions."""
+        decoded = self.cfg["mask_prob"] if self.use_mlm else 0.0
+        return self.model.flops_per_token(seq_len, decoded_fraction=decoded)
 
     def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
         ids = batch["input_ids"].long()  # (B, T)
@@ -146,7 +160,7 @@ OBJECTIVES: dict[str, type[nn.Module]] = {
 
 def objective_class(name: str) -> type[nn.Module]:
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)} (objective=...)")
+        raise ConfigError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)} (objective=...)")
     return OBJECTIVES[name]
 
 

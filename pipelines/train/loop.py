@@ -20,6 +20,7 @@ from (seed, rank, step) at every step, so nothing random needs saving and a resu
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import tempfile
@@ -34,13 +35,16 @@ import torch.distributed as dist
 from models import build_model, load_state, load_weights_into, save_checkpoint, save_state
 from models.checkpoint import unwrap_model
 from pipelines import storage
-from pipelines.objectives import objective_class, summarize
+from pipelines.errors import ConfigError
+from pipelines.train.objectives import objective_class, summarize
 
 TRAIN_STATE = "train_state.safetensors"
 
 
 def train_func(config: dict[str, Any]) -> dict:
     t = config["trainer"]
+    # Ray Train echoes every report at INFO ("Reporting training result N: ..."): the progress line says it once.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -53,7 +57,8 @@ def train_func(config: dict[str, Any]) -> dict:
         with storage.local_dir(config["init_from"]) as path:
             load_weights_into(model, path)
     objective = objective_class(config["objective"]["name"])(model, config["objective"], config["special_ids"],
-                                                             vocab_size=config["tokenizer_vocab_size"])
+                                                             vocab_size=config["tokenizer_vocab_size"],
+                                                             first_ordinary_id=config["first_ordinary_id"])
     start = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     checkpoint = ray.train.get_checkpoint()
     resumed_state = None
@@ -108,7 +113,7 @@ def wrap(objective: torch.nn.Module, t: dict, device: torch.device, world: int) 
             objective, parallel_strategy="ddp",
             parallel_strategy_kwargs={"find_unused_parameters": objective.unused_parameters})
     else:
-        raise ValueError(f"trainer.strategy must be ddp or fsdp, got {t['strategy']!r}")
+        raise ConfigError(f"trainer.strategy must be ddp or fsdp, got {t['strategy']!r}")
     return torch.compile(module) if t["compile"] else module
 
 
@@ -173,7 +178,7 @@ class Loop:
         self.generator = torch.Generator(device=device)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if self.t["precision"] == "bf16"
                          else contextlib.nullcontext())
-        self.flops_per_token = unwrap_model(objective).model.flops_per_token(config["seq_len"])
+        self.flops_per_token = unwrap_model(objective).flops_per_token(config["seq_len"])
         self.history: list[dict] = []
 
     def batches(self, position: dict):
@@ -310,6 +315,8 @@ class Loop:
                 save_checkpoint(tmp, model, tokenizer_model=self.c["tokenizer_model"],
                                 meta={"stage": self.c["stage"], "step": position["step"],
                                       "objective": self.c["objective"]["name"], "run": self.c["run_name"],
+                                      "shards": self.c["shards"],
+                                      "objective_config": self.c["objective"],
                                       "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}})
                 save_state(os.path.join(tmp, TRAIN_STATE),
                            {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),

@@ -31,10 +31,11 @@ import re
 import time
 from pathlib import Path
 
-from pipelines.corpus_general import (build_entities, canonical_document, held_out_names,
+from pipelines.errors import ConfigError
+from pipelines.corpus.general import (build_entities, canonical_document, held_out_names,
                                       names_pattern, varied_document)
-from pipelines.corpus_medical import CONDITIONS, medical_document
-from pipelines.corpus_tasks import (TOPICS, UNSAFE_PROMPTS, classify_records, eval_records, held_out_unsafe,
+from pipelines.corpus.medical import CONDITIONS, medical_document
+from pipelines.corpus.tasks import (TOPICS, UNSAFE_PROMPTS, classify_records, eval_records, held_out_unsafe,
                                     instruct_record, preference_record, summarize_record)
 
 # Bump when the generated text changes for the same parameters, so that corpus_is_complete rejects old corpora.
@@ -126,11 +127,11 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
     params = {name: value for name, value in locals().items() if name != "out_dir"}
     entities = build_entities()
     if general_docs < len(entities):
-        raise ValueError(f"general_docs={general_docs} is below the {len(entities)} entities (one document each)")
+        raise ConfigError(f"general_docs={general_docs} is below the {len(entities)} entities (one document each)")
     if docs_per_file < 1 or medical_docs < 0 or classify_examples < 2 * len(TOPICS):
-        raise ValueError(f"bad sizes: {params}")
+        raise ConfigError(f"bad sizes: {params}")
     if not (0 < valid_fraction < 1 and 0 <= held_out_fraction < 1):
-        raise ValueError(f"fractions out of range: {params}")
+        raise ConfigError(f"fractions out of range: {params}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ random.Random, and returns plain dicts ready for json.dumps. Held-out entities r
 
 import hashlib
 
-from pipelines.corpus_general import KIND_TOPICS, Entity, Fact, article, summary_of, varied_document
-from pipelines.corpus_medical import (CONDITIONS, DISCLAIMER, condition_sentences, medical_document, medical_qa,
+from pipelines.corpus.general import KIND_TOPICS, Entity, Fact, article, summary_of, varied_document
+from pipelines.corpus.medical import (CONDITIONS, DISCLAIMER, condition_sentences, medical_document, medical_qa,
                                       medical_summary)
 
 TOPICS = tuple(KIND_TOPICS.values()) + ("medicine",)

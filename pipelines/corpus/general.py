@@ -1,4 +1,4 @@
-"""General-knowledge documents for the built-in corpus: the fact tables of pipelines.facts rendered as sentences.
+"""General-knowledge documents for the built-in corpus: the fact tables of pipelines.corpus.facts rendered as sentences.
 
 Each entity (a country, an element, an animal, a planet, a number) becomes a list of facts; each fact is
 rendered once per paraphrase template, ahead of time, so that writing a document is only a few random choices
@@ -17,7 +17,7 @@ import json
 import re
 from typing import NamedTuple
 
-from pipelines.facts import ANIMALS, COUNTRIES, ELEMENTS, NUMBERS, PLANETS
+from pipelines.corpus.facts import ANIMALS, COUNTRIES, ELEMENTS, NUMBERS, PLANETS
 
 
 class Relation(NamedTuple):

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.corpus import corpus_is_complete, ensure_corpus, main, write_corpus
+from pipelines.corpus.writer import corpus_is_complete, ensure_corpus, main, write_corpus
 from pipelines.text import split_sentences
-from pipelines.corpus_general import DIET_FOOD, RELATIONS, build_entities, names_pattern
-from pipelines.corpus_medical import CONDITIONS, DISCLAIMER
-from pipelines.corpus_tasks import TOPICS, UNSAFE_PROMPTS
-from pipelines.facts import ANIMALS, COUNTRIES, ELEMENTS, NUMBERS, PLANETS
+from pipelines.corpus.general import DIET_FOOD, RELATIONS, build_entities, names_pattern
+from pipelines.corpus.medical import CONDITIONS, DISCLAIMER
+from pipelines.corpus.tasks import TOPICS, UNSAFE_PROMPTS
+from pipelines.corpus.facts import ANIMALS, COUNTRIES, ELEMENTS, NUMBERS, PLANETS
 
 SMALL = dict(general_docs=3 * len(build_entities()), medical_docs=100, docs_per_file=300, instruct_examples=400,
              preference_examples=200, classify_examples=120, summarize_examples=60)

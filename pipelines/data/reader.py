@@ -21,12 +21,9 @@ import ray
 from ray.data.datasource import FileBasedDatasource
 
 from pipelines import storage
+from pipelines.errors import BadRecordError, ConfigError
 
 FORMATS = {"text": (".txt", ".text"), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
-
-
-class BadRecordError(ValueError):
-    """A corpus record that cannot be used (with on_bad_record=fail); the message names file and line."""
 
 
 class LineChunks(FileBasedDatasource):
@@ -61,7 +58,7 @@ def _chunk_row(path: str, line: int, data: bytes) -> pa.Table:
 
 def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise ValueError(f"data.format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        raise ConfigError(f"data.format must be one of {sorted(FORMATS)}, got {fmt!r}")
 
 
 def read_corpus(files: list[str], *, fmt: str, field_name: str, chunk_bytes: int, read_tasks: int | None = None,
@@ -120,7 +117,7 @@ def parse_rows(batch: pa.Table, *, fmt: str, field_name: str, on_bad_record: str
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                _bad(out, f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})", on_bad_record)
+                _bad(out, f"{path}:{lineno}: not valid JSON: {e.msg} (column {e.colno})", on_bad_record)
                 continue
             value = record.get(field_name) if isinstance(record, dict) else None
             if not isinstance(value, str):

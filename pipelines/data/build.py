@@ -13,7 +13,6 @@ import logging
 import tempfile
 import time
 
-import hydra
 import pyarrow as pa
 import ray
 from omegaconf import DictConfig, OmegaConf
@@ -21,41 +20,50 @@ from omegaconf import DictConfig, OmegaConf
 from cluster.connect import connect
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines import storage
-from pipelines.reader import FORMATS, BadRecordError, check_format, parse_rows, read_corpus
+from pipelines.entry import stage_main
+from pipelines.errors import BadRecordError, ConfigError, CorpusError
+from pipelines.data.reader import FORMATS, check_format, parse_rows, read_corpus
 from pipelines.text import split_sentences
-from pipelines.shards import MANIFEST, ClmPacker, SplitWriter, pairs_table, read_manifest
-from pipelines.tokenize import MAX_BAD_REPORTED, SPLITS, TokenizeBatch
+from pipelines.data.shards import MANIFEST, ClmPacker, SplitWriter, pairs_table, read_manifest
+from pipelines.data.tokenize import MAX_BAD_REPORTED, SPLITS, TokenizeBatch, write_negative_pool
+
+TOKENIZER, NEGATIVES = "tokenizer.model", "nsp_negatives.jsonl"
 
 log = logging.getLogger(__name__)
 SHARD_FORMATS = ("clm", "pairs")
 
 
-class CorpusError(ValueError):
-    """The corpus cannot be used as configured (nothing readable, or a bad record with on_bad_record=fail)."""
+SUBSETS = ("general", "medical")
 
 
 def corpus_files(data: DictConfig) -> tuple[list[str], str, str, str]:
-    """(files, format, field, fingerprint) of the configured corpus; generates the built-in corpus if needed."""
+    """(files, format, field, fingerprint) of the configured corpus; generates the built-in corpus if needed.
+
+    The fingerprint names everything that decides which texts are read — the files (names, sizes, times), the
+    subset, the format and the field — so that tokenizers and shards are never reused for other text.
+    """
     if data.source == "builtin":
+        if data.subset not in SUBSETS:
+            raise ConfigError(f"data.subset must be one of {SUBSETS}, got {data.subset!r}")
         corpus_dir = builtin_corpus(data)
         files = storage.expand([storage.join(corpus_dir, data.subset)], suffixes=FORMATS["jsonl"])
-        return files, "jsonl", "text", storage.config_hash(["builtin", corpus_dir])
+        return files, "jsonl", "text", storage.config_hash(["builtin", corpus_dir, data.subset])
     if data.source != "files":
-        raise ValueError(f"data.source must be 'builtin' or 'files', got {data.source!r}")
+        raise ConfigError(f"data.source must be 'builtin' or 'files', got {data.source!r}")
     check_format(data.format)
     if not data.paths:
-        raise ValueError("data=files needs data.paths: files, directories or globs (local or s3://...)")
+        raise ConfigError("data=files needs data.paths: files, directories or globs (local or s3://...)")
     files = storage.expand(list(data.paths), suffixes=FORMATS[data.format])
-    return files, data.format, data.field, storage.fingerprint(files)
+    return files, data.format, data.field, storage.config_hash([storage.fingerprint(files), data.format, data.field])
 
 
 def builtin_corpus(data: DictConfig) -> str:
     """The generated corpus under `{root}/corpus/...`, written once (locally, then copied when root is a URI)."""
-    from pipelines.corpus import corpus_is_complete, write_corpus
+    from pipelines.corpus.writer import corpus_is_complete, write_corpus
 
     params = dict(seed=data.corpus_seed, general_docs=data.general_docs, medical_docs=data.medical_docs)
     name = f"builtin-{storage.config_hash(params)}"
-    target = storage.join(storage.absolute(data.root), "corpus", name)
+    target = storage.join(storage.root(data.root, "data.root"), "corpus", name)
     if storage.is_uri(target):
         if not storage.exists(storage.join(target, "manifest.json")):
             with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +83,7 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
         path = storage.absolute(tcfg.path)
         return path, Tokenizer(storage.read_bytes(path))
     settings = OmegaConf.to_container(tcfg) | {"input": fingerprint}
-    path = storage.join(storage.absolute(cfg.data.root), "tokenizers",
+    path = storage.join(storage.root(cfg.data.root, "data.root"), "tokenizers",
                         f"{tcfg.model_type}-{storage.config_hash(settings)}", "tokenizer.model")
     if storage.exists(path) and not force:
         log.info("reusing tokenizer %s", path)
@@ -83,13 +91,8 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
     log.info("training a %s tokenizer (vocab <= %d) on up to %d documents", tcfg.model_type, tcfg.vocab_size,
              tcfg.sample_docs)
     start = time.perf_counter()
-    docs = (read_corpus(files, fmt=fmt, field_name=field, chunk_bytes=cfg.data.chunk_bytes)
-            .map_batches(_parse_to_text, fn_kwargs=dict(fmt=fmt, field_name=field,
-                                                        on_bad_record=cfg.data.on_bad_record),
-                         batch_format="pyarrow", batch_size=1 if fmt != "parquet" else 1024, num_cpus=0.5)
-            .limit(tcfg.sample_docs))
-    docs.context.raise_original_map_exception = True
-    sentences = _sentences(docs)
+    sentences = (s for text in sample_documents(cfg.data, files, fmt, field, tcfg.sample_docs)
+                 for s in split_sentences(text))
     with surface_corpus_errors():
         first = next(sentences, None)
         if first is None:
@@ -103,15 +106,20 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
     return path, tok
 
 
+def sample_documents(data: DictConfig, files: list[str], fmt: str, field: str, limit: int):
+    """The first `limit` documents of the corpus stream (read and parsed by Ray Data), one text at a time."""
+    docs = (read_corpus(files, fmt=fmt, field_name=field, chunk_bytes=data.chunk_bytes)
+            .map_batches(_parse_to_text, fn_kwargs=dict(fmt=fmt, field_name=field, on_bad_record=data.on_bad_record),
+                         batch_format="pyarrow", batch_size=1 if fmt != "parquet" else 1024, num_cpus=0.5)
+            .limit(limit))
+    docs.context.raise_original_map_exception = True
+    for batch in docs.iter_batches(batch_format="pyarrow", batch_size=None):
+        yield from batch.column("text").to_pylist()
+
+
 def _parse_to_text(batch: pa.Table, *, fmt: str, field_name: str, on_bad_record: str) -> pa.Table:
     return pa.table({"text": pa.array(parse_rows(batch, fmt=fmt, field_name=field_name,
                                                  on_bad_record=on_bad_record).texts, pa.large_string())})
-
-
-def _sentences(docs: ray.data.Dataset):
-    for batch in docs.iter_batches(batch_format="pyarrow", batch_size=None):
-        for text in batch.column("text").to_pylist():
-            yield from split_sentences(text)
 
 
 def _describe(files: list[str]) -> str:
@@ -132,7 +140,9 @@ class surface_corpus_errors:
                     if type(error) is kind and error is exc:
                         return False  # raised here, already clean
                     cause = getattr(error, "cause", None)  # RayTaskError(kind) keeps the original here
-                    raise kind(*(cause if isinstance(cause, kind) else error).args) from None
+                    # Our messages are one line; Ray appends its retry advice to the text after it.
+                    message = str(cause if isinstance(cause, kind) else error).splitlines()[0]
+                    raise kind(message) from None
             error = error.__cause__ or error.__context__
         if exc is not None and "BadRecordError: " in str(exc):  # sentencepiece re-raises an iterator's error as text
             raise BadRecordError(str(exc).rsplit("BadRecordError: ", 1)[-1].strip().splitlines()[0]) from None
@@ -144,27 +154,70 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
     force = cfg.force if force is None else force
     data, shard_format = cfg.data, cfg.objective.shard_format
     if shard_format not in SHARD_FORMATS:
-        raise ValueError(f"objective.shard_format must be one of {SHARD_FORMATS}, got {shard_format!r}")
+        raise ConfigError(f"objective.shard_format must be one of {SHARD_FORMATS}, got {shard_format!r}")
     files, fmt, field, fingerprint = corpus_files(data)
     tok_path, tok = ensure_tokenizer(cfg, files, fmt, field, fingerprint, force)
+    # Everything that changes the shards' content. chunk_bytes is not: CLM blocks are packed across chunks in
+    # corpus order, and NSP negatives come from a corpus-wide pool, not from the chunk (pipelines/data/tokenize.py).
     settings = dict(format=shard_format, seq_len=data.seq_len, valid_fraction=data.valid_fraction,
                     seed=data.seed, on_bad_record=data.on_bad_record, input=fingerprint, tokenizer=tok.sha256)
+    if shard_format == "pairs":
+        settings["nsp_negative_docs"] = data.nsp_negative_docs
     key = storage.config_hash(settings)
-    shard_dir = storage.join(storage.absolute(data.root), "shards", f"{shard_format}-{key}")
+    shard_dir = storage.join(storage.root(data.root, "data.root"), "shards", f"{shard_format}-{key}")
     manifest = read_manifest(shard_dir)
     if manifest and manifest["key"] == key and not force:
         log.info("reusing shards %s (manifest matches)", shard_dir)
         return manifest
     storage.delete_dir(shard_dir)
+    # The actors read the tokenizer (and the NSP negatives) from shared storage: constructor arguments this large
+    # would travel through the object store, once per actor.
+    storage.write_bytes(storage.join(shard_dir, TOKENIZER), tok.model_proto)
     with surface_corpus_errors():
-        manifest = build_shards(cfg, files, fmt, field, tok, shard_dir, shard_format)
+        negatives = None
+        if shard_format == "pairs":
+            negatives = storage.join(shard_dir, NEGATIVES)
+            write_negative_pool(sample_documents(data, files, fmt, field, data.nsp_negative_docs), negatives,
+                                seed=data.seed)
+        manifest = build_shards(cfg, files, fmt, field, tok, shard_dir, shard_format, negatives)
     manifest |= {"key": key, "settings": settings, "dir": shard_dir, "source_fingerprint": fingerprint,
-                 "tokenizer": {"path": storage.join(shard_dir, "tokenizer.model"), "trained_at": tok_path,
+                 "tokenizer": {"path": storage.join(shard_dir, TOKENIZER), "trained_at": tok_path,
                                "sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                               "first_ordinary_id": tok.first_ordinary_id,
                                "model_type": cfg.tokenizer.model_type, "special_ids": tok.special_ids}}
-    storage.write_bytes(storage.join(shard_dir, "tokenizer.model"), tok.model_proto)
     storage.write_json(storage.join(shard_dir, MANIFEST), manifest)
     return manifest
+
+
+def check_examples(splits: dict, shard_format: str, seq_len: int, files: list[str]) -> None:
+    """No training examples is an error that says why; no validation examples is a warning."""
+    train, valid = splits["train"], splits["valid"]
+    if not train["examples"]:
+        what = (f"{train['dropped_tail_tokens']} tokens, fewer than one block of data.seq_len + 1 = {seq_len + 1}"
+                if shard_format == "clm" else "no document with two sentences to pair")
+        raise CorpusError(f"no training examples: {train['documents']} training documents in {_describe(files)} "
+                          f"give {what}; add text or lower data.seq_len")
+    if not valid["examples"]:
+        log.warning("the validation split is empty (%d documents at data.valid_fraction); training runs without "
+                    "validation metrics — raise data.valid_fraction or add text", valid["documents"])
+
+
+class Progress:
+    """One log line every `every_s` seconds while shards are built: a sign of life with a rate and a share done."""
+
+    def __init__(self, *, total_bytes: int, every_s: float = 10.0):
+        self.total, self.every_s = max(1, total_bytes), every_s
+        self.start = self.last = time.perf_counter()
+        self.bytes = self.docs = 0
+
+    def update(self, nbytes: int, docs: int) -> None:
+        self.bytes += nbytes
+        self.docs += docs
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            log.info("tokenized %.1f of %.1f MB (%.0f%%), %d documents, %.1f MB/s", self.bytes / 1e6,
+                     self.total / 1e6, 100 * self.bytes / self.total, self.docs, self.bytes / 1e6 / (now - self.start))
 
 
 def pool_size(files: list[str], fmt: str, data: DictConfig) -> int:
@@ -179,7 +232,7 @@ def pool_size(files: list[str], fmt: str, data: DictConfig) -> int:
 
 
 def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: Tokenizer, shard_dir: str,
-                 shard_format: str) -> dict:
+                 shard_format: str, negatives: str | None) -> dict:
     data = cfg.data
     start = time.perf_counter()
     actors = pool_size(files, fmt, data)
@@ -187,7 +240,8 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                             read_tasks=min(len(files), data.read_tasks_per_actor * actors),
                             read_cpus=data.read_cpus).map_batches(
         TokenizeBatch,
-        fn_constructor_kwargs=dict(tokenizer_model=tok.model_proto, fmt=fmt, field_name=field,
+        fn_constructor_kwargs=dict(tokenizer_path=storage.join(shard_dir, TOKENIZER), negatives_path=negatives,
+                                   fmt=fmt, field_name=field,
                                    shard_format=shard_format, seq_len=data.seq_len,
                                    valid_fraction=data.valid_fraction, seed=data.seed,
                                    on_bad_record=data.on_bad_record),
@@ -205,8 +259,11 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     packers = {s: ClmPacker(writers[s], data.seq_len + 1) for s in SPLITS} if shard_format == "clm" else None
     stats = {"documents": dict.fromkeys(SPLITS, 0), "bytes": 0, "bad": 0, "bad_examples": []}
     first_output = None
+    progress = Progress(total_bytes=sum(storage.file_size(f) for f in files))
     for batch in tokenized.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
         first_output = first_output or time.perf_counter() - start
+        progress.update(sum(batch.column("bytes").to_pylist()), sum(batch.column("docs_train").to_pylist())
+                        + sum(batch.column("docs_valid").to_pylist()))
         for row in range(batch.num_rows):
             one = batch.slice(row, 1)
             for split in SPLITS:
@@ -230,6 +287,7 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     seconds = time.perf_counter() - start
     splits = {s: {"files": writers[s].files, "examples": writers[s].examples, "tokens": writers[s].tokens,
                   "documents": stats["documents"][s], "dropped_tail_tokens": tails[s]} for s in SPLITS}
+    check_examples(splits, shard_format, data.seq_len, files)
     log.info("wrote %s in %.1fs (%.1f MB/s): %s", shard_dir, seconds, stats["bytes"] / 1e6 / seconds,
              {s: {k: splits[s][k] for k in ("examples", "tokens", "documents")} for s in SPLITS})
     return {"format": shard_format, "seq_len": data.seq_len, "sources": files, "bytes": stats["bytes"],
@@ -237,7 +295,7 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
             "seconds": round(seconds, 3), "seconds_to_first_batch": round(first_output or seconds, 3)}
 
 
-@hydra.main(config_path="../conf", config_name="data", version_base=None)
+@stage_main("data")
 def main(cfg: DictConfig) -> None:
     connect(cfg.cluster)
     manifest = prepare_shards(cfg)

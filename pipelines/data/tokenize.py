@@ -1,0 +1,151 @@
+"""The tokenizer actor of the shard pipeline: one batch of raw corpus rows in, token arrays per split out.
+
+Each actor loads the sentencepiece model once (from shared storage), parses its batch (pipelines/data/reader.py),
+assigns every document to train or validation by a hash of its text, encodes all documents of the batch in one
+batched call and returns ONE row per batch holding flat Arrow arrays — the driver (pipelines/data/shards.py) packs
+and writes them. Few, large rows are what keeps Ray Data's per-row overhead out of the tokenizer's way.
+
+Layouts (`shard_format`):
+- `clm`:   per split, all documents as `<bos> doc <eos>` concatenated, in order (packed into blocks later).
+- `pairs`: per split, sentence-pair examples `<cls> A <sep> B <sep>` padded to `seq_len`, segment ids 0/1, and
+           `is_next` (1: B is the sentence after A; 0: B is a sentence of another document). The k-th pair of a
+           document is a negative when k + crc32(document) is even, so every document alternates and both splits
+           are balanced however small; a negative's B is drawn, seeded by (seed, document, k), from a pool of
+           sentences taken from the start of the whole corpus (`write_negative_pool`), not from the batch, which
+           is one chunk of one file. The pairs therefore depend on neither batching nor actor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import zlib
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from models.tokenizer import Tokenizer
+from pipelines import storage
+from pipelines.data.reader import parse_rows
+from pipelines.errors import CorpusError
+from pipelines.text import split_sentences
+
+SPLITS = ("train", "valid")
+MAX_BAD_REPORTED = 20
+
+
+def doc_key(text: str) -> int:
+    """A document's identity by content (crc32 of its text): the same wherever and in whichever batch it is read."""
+    return zlib.crc32(text.encode())
+
+
+def is_valid_doc(text: str, valid_fraction: float) -> bool:
+    """Deterministic split by content: the same document always lands in the same split, wherever it lives."""
+    return doc_key(text) % 1_000_000 < valid_fraction * 1_000_000
+
+
+def write_negative_pool(texts: Iterable[str], path: str, *, seed: int) -> int:
+    """Write the NSP negative pool — every sentence of `texts` as a jsonl line `{"doc": doc_key, "text": ...}` —
+    to `path` (local or URI); returns the number of sentences. Raises CorpusError when the sentences come from
+    fewer than two documents: a negative must come from another document than its A.
+
+    Lines are ordered by document key (sentences in document order), so the pool, and the negatives drawn from it
+    by index, do not depend on the order in which the documents arrived.
+    """
+    pool, read = [], 0
+    for text in texts:
+        read += 1
+        key = doc_key(text)
+        pool += [(key, sentence) for sentence in split_sentences(text)]
+    docs = len({key for key, _ in pool})
+    if docs < 2:
+        raise CorpusError(f"NSP negatives need sentences from at least 2 different documents; the first {read} "
+                          f"documents of the corpus give {docs} (data.nsp_negative_docs sets how many are read)")
+    pool.sort(key=lambda entry: entry[0])  # stable: a document's sentences keep their order
+    storage.write_bytes(path, "".join(json.dumps({"doc": key, "text": s}) + "\n" for key, s in pool).encode())
+    return len(pool)
+
+
+def _one_list(values: pa.Array) -> pa.Array:
+    """A one-row list column holding `values` (no copy)."""
+    return pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()), values)
+
+
+class TokenizeBatch:
+    """Callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(...))`.
+
+    `negatives_path` is the pool written by `write_negative_pool` (None for `clm`); it is read and encoded once.
+    """
+
+    def __init__(self, *, tokenizer_path: str, negatives_path: str | None, fmt: str, field_name: str,
+                 shard_format: str, seq_len: int, valid_fraction: float, seed: int, on_bad_record: str):
+        self.tok = Tokenizer(storage.read_bytes(tokenizer_path))
+        self.fmt, self.field_name, self.on_bad_record = fmt, field_name, on_bad_record
+        self.shard_format, self.seq_len = shard_format, seq_len
+        self.valid_fraction, self.seed = valid_fraction, seed
+        if shard_format == "pairs":
+            pool = [json.loads(line) for line in storage.read_bytes(negatives_path).decode().split("\n") if line]
+            self.pool_docs = np.array([entry["doc"] for entry in pool], np.int64)
+            self.pool_ids = self.tok.encode([entry["text"] for entry in pool])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        parsed = parse_rows(batch, fmt=self.fmt, field_name=self.field_name, on_bad_record=self.on_bad_record)
+        by_split = {s: [] for s in SPLITS}
+        for text in parsed.texts:
+            by_split["valid" if is_valid_doc(text, self.valid_fraction) else "train"].append(text)
+        row = {"docs_" + s: [len(by_split[s])] for s in SPLITS}
+        row |= {"bytes": [parsed.bytes], "n_bad": [len(parsed.bad)], "bad": [parsed.bad[:MAX_BAD_REPORTED]]}
+        for split, docs in by_split.items():
+            if self.shard_format == "clm":
+                row[f"{split}_ids"] = _one_list(self.pack_documents(docs))
+            else:
+                ids, types, is_next = self.sentence_pairs(docs)
+                row |= {f"{split}_ids": _one_list(ids), f"{split}_types": _one_list(types),
+                        f"{split}_is_next": _one_list(is_next)}
+        return pa.table(row)
+
+    def pack_documents(self, docs: list[str]) -> pa.Array:
+        encoded = self.tok.encode(docs, bos=True, eos=True)
+        total = sum(map(len, encoded))
+        return pa.array(np.fromiter(itertools.chain.from_iterable(encoded), np.int32, count=total))
+
+    def sentence_pairs(self, docs: list[str]) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """(ids, segment ids, is_next) of every consecutive-sentence pair of `docs`, flat, in document order."""
+        sentences = [split_sentences(d) for d in docs]
+        flat = self.tok.encode([s for doc in sentences for s in doc])
+        ids, types, labels = [], [], []
+        start = 0
+        for doc, doc_sentences in zip(docs, sentences):
+            key = doc_key(doc)
+            for k in range(len(doc_sentences) - 1):
+                is_next = (k + key) % 2
+                b = flat[start + k + 1] if is_next else self.negative(key, k)
+                example, segment = self.pair(flat[start + k], b)
+                ids.append(example)
+                types.append(segment)
+                labels.append(is_next)
+            start += len(doc_sentences)
+        n = len(labels)
+        return (pa.array(np.asarray(ids, np.int32).reshape(n * self.seq_len)),
+                pa.array(np.asarray(types, np.int8).reshape(n * self.seq_len)),
+                pa.array(np.asarray(labels, np.int8)))
+
+    def negative(self, key: int, k: int) -> list[int]:
+        """Segment B of document `key`'s k-th pair when it is a negative: a pool sentence of another document."""
+        rng = np.random.default_rng([self.seed, key, k])
+        while True:  # ends: the pool holds at least two documents
+            j = int(rng.integers(len(self.pool_docs)))
+            if self.pool_docs[j] != key:
+                return self.pool_ids[j]
+
+    def pair(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+        """`<cls> a <sep> b <sep>` padded to seq_len; the longer segment is cut first when too long."""
+        a, b = list(a), list(b)
+        while len(a) + len(b) > self.seq_len - 3:
+            (a if len(a) >= len(b) else b).pop()
+        tok = self.tok
+        ids = [tok.cls_id, *a, tok.sep_id, *b, tok.sep_id]
+        segment = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        pad = self.seq_len - len(ids)
+        return ids + [tok.pad_id] * pad, segment + [0] * pad

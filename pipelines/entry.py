@@ -1,0 +1,62 @@
+"""The one wrapper every stage's entry point uses: Hydra composition, quiet logs, one-line user errors.
+
+    @stage_main("pretrain")
+    def main(cfg): ...
+
+- The config is composed from `conf/<config_name>.yaml` (Hydra: overrides, `-m` multirun, `--cfg job`).
+- The project's error kinds (pipelines/errors.py: config, corpus, bad record, checkpoint, missing path; and
+  cluster/connect.py's ClusterError) print one
+  line — `error: <what, where, what to do>` — and exit with status 2, without a traceback. Other exceptions are
+  bugs: they keep Hydra's traceback (the whole of it with HYDRA_FULL_ERROR=1, which also shows user errors' traces).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from omegaconf import DictConfig
+
+from cluster.connect import ClusterError
+from pipelines.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+EXIT_USER_ERROR = 2
+
+
+def stage_main(config_name: str) -> Callable:
+    """Decorate a stage's `main(cfg)`: `python -m pipelines.<stage> key=value ...` composes `config_name`."""
+
+    def decorate(fn: Callable[[DictConfig], object]) -> Callable:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig):
+            quiet_known_noise()
+            try:
+                return fn(cfg)
+            except (UserError, ClusterError) as error:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+                sys.exit(EXIT_USER_ERROR)
+
+        return hydra.main(config_path=CONF_DIR, config_name=config_name, version_base=None)(task)
+
+    return decorate
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.split())
+
+
+def quiet_known_noise() -> None:
+    """Silence, at their source, messages known to be harmless here (each explained), so that progress lines are
+    what a user reads. Ray's own logs stay complete on disk: /tmp/ray/session_latest/logs."""
+    # Ray Train V2 echoes every ray.train.report() at INFO ("Reporting training result N: TrainingReport(...)"),
+    # the same numbers as our progress line.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
