@@ -17,6 +17,7 @@ import logging
 import math
 import re
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -98,8 +99,11 @@ def shard_batches(files: list[str], columns: list[str], batch_size: int, max_bat
         arrays = {}
         for name in columns:
             column = table.column(name).combine_chunks()
-            flat = column.flatten().to_numpy() if hasattr(column, "flatten") else column.to_numpy()
-            arrays[name] = torch.from_numpy(flat.reshape(table.num_rows, -1).squeeze(-1).astype("int64"))
+            if pa.types.is_fixed_size_list(column.type):  # token columns: (rows, length)
+                values = column.flatten().to_numpy().reshape(table.num_rows, -1)
+            else:  # per-example labels: (rows,)
+                values = column.to_numpy()
+            arrays[name] = torch.from_numpy(values.astype("int64"))
         for i in range(0, table.num_rows, batch_size):
             if max_batches and batches >= max_batches:
                 return

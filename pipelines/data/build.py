@@ -113,6 +113,7 @@ def sample_documents(data: DictConfig, files: list[str], fmt: str, field: str, l
                          batch_format="pyarrow", batch_size=1 if fmt != "parquet" else 1024, num_cpus=0.5)
             .limit(limit))
     docs.context.raise_original_map_exception = True
+    docs.context.execution_options.preserve_order = True  # the same documents on every run
     for batch in docs.iter_batches(batch_format="pyarrow", batch_size=None):
         yield from batch.column("text").to_pylist()
 
@@ -177,8 +178,7 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
         negatives = None
         if shard_format == "pairs":
             negatives = storage.join(shard_dir, NEGATIVES)
-            write_negative_pool(sample_documents(data, files, fmt, field, data.nsp_negative_docs), negatives,
-                                seed=data.seed)
+            write_negative_pool(sample_documents(data, files, fmt, field, data.nsp_negative_docs), negatives)
         manifest = build_shards(cfg, files, fmt, field, tok, shard_dir, shard_format, negatives)
     manifest |= {"key": key, "settings": settings, "dir": shard_dir, "source_fingerprint": fingerprint,
                  "tokenizer": {"path": storage.join(shard_dir, TOKENIZER), "trained_at": tok_path,

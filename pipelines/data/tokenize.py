@@ -45,7 +45,7 @@ def is_valid_doc(text: str, valid_fraction: float) -> bool:
     return doc_key(text) % 1_000_000 < valid_fraction * 1_000_000
 
 
-def write_negative_pool(texts: Iterable[str], path: str, *, seed: int) -> int:
+def write_negative_pool(texts: Iterable[str], path: str) -> int:
     """Write the NSP negative pool — every sentence of `texts` as a jsonl line `{"doc": doc_key, "text": ...}` —
     to `path` (local or URI); returns the number of sentences. Raises CorpusError when the sentences come from
     fewer than two documents: a negative must come from another document than its A.

@@ -10,7 +10,8 @@ Adding an objective is a class here, an entry in OBJECTIVES and a conf/objective
 - `clm`: next-token cross-entropy over packed blocks (decoder).
 - `mlm`: BERT dynamic masking, drawn anew every step from the given generator: `mask_prob` of the non-special
   tokens are chosen; of those `mask_token_frac` become <mask>, `random_token_frac` a random ordinary token (from
-  the tokenizer's `first_ordinary_id`: no special or byte-fallback piece), the rest stay — the model predicts the originals at all chosen positions (encoder).
+  the tokenizer's `first_ordinary_id`: no special or byte-fallback piece), the rest stay — the model predicts
+  the originals at all chosen positions (encoder).
 - `nsp`: is segment B the next sentence after A? (encoder, pooled first token).
 - `mlm_nsp`: the sum of both, on the same batch (BERT pre-training).
 """

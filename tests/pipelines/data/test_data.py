@@ -190,3 +190,18 @@ def test_text_and_parquet_sources_and_uri_root(ray_cluster, compose_config, tmp_
     parquet = prepare_shards(compose_config("data", files_overrides(tmp_path / "out", [str(tmp_path / "a.parquet")],
                                                                     fmt="parquet", extra=["data.field=body"])))
     assert parquet["splits"]["train"]["documents"] + parquet["splits"]["valid"]["documents"] == 200
+
+
+def test_too_little_text_says_why(ray_cluster, compose_config, tmp_path, caplog):
+    short = write_jsonl(tmp_path / "short.jsonl", 3)
+    with pytest.raises(CorpusError, match=r"no training examples: \d+ training documents in .*short.jsonl give \d+ "
+                                          r"tokens, fewer than one block of data.seq_len \+ 1 = 513; add text or "
+                                          r"lower data.seq_len"):
+        prepare_shards(compose_config("data", files_overrides(tmp_path / "out", [str(short)],
+                                                              extra=["data.seq_len=512", "data.valid_fraction=0"])))
+    enough = write_jsonl(tmp_path / "enough.jsonl", 200)
+    with caplog.at_level("WARNING", logger="pipelines.data.build"):
+        manifest = prepare_shards(compose_config("data", files_overrides(tmp_path / "out", [str(enough)],
+                                                                         extra=["data.valid_fraction=0"])))
+    assert manifest["splits"]["train"]["examples"] > 0 and manifest["splits"]["valid"]["examples"] == 0
+    assert "the validation split is empty" in caplog.text

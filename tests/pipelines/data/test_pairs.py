@@ -39,7 +39,7 @@ def paths(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("pairs")
     model = train_sentencepiece([s for d in DOCS for s in split_sentences(d)], model_type="bpe", vocab_size=400)
     storage.write_bytes(str(root / "tokenizer.model"), model)
-    write_negative_pool(iter(DOCS), str(root / "negatives.jsonl"), seed=0)
+    write_negative_pool(iter(DOCS), str(root / "negatives.jsonl"))
     return {"tokenizer_path": str(root / "tokenizer.model"), "negatives_path": str(root / "negatives.jsonl")}
 
 
@@ -82,8 +82,8 @@ def test_the_pool_holds_every_sentence_by_document(paths):
 def test_a_pool_needs_two_documents(tmp_path):
     for docs in ([], [DOCS[3]], [DOCS[3], DOCS[3]]):
         with pytest.raises(CorpusError, match="at least 2 different documents"):
-            write_negative_pool(iter(docs), str(tmp_path / "pool.jsonl"), seed=0)
-    assert write_negative_pool(iter(DOCS[2:4]), str(tmp_path / "pool.jsonl"), seed=0) == 4 + 5
+            write_negative_pool(iter(docs), str(tmp_path / "pool.jsonl"))
+    assert write_negative_pool(iter(DOCS[2:4]), str(tmp_path / "pool.jsonl")) == 4 + 5
 
 
 def test_one_document_batch_has_positives_and_negatives(tokenize):
