@@ -88,6 +88,15 @@ def preflight(cfg: DictConfig, *, stage: str, init_from: str | None) -> str | No
     return init_from
 
 
+def check_worker_resources(cfg: DictConfig) -> dict:
+    """The cluster has what the workers ask for (or an autoscaler adds it in time); returns one worker's request."""
+    t = cfg.trainer
+    resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
+    wait_for_resources(cfg.cluster, {k: v * t.num_workers for k, v in resources.items()},
+                       what=f"trainer.num_workers={t.num_workers} x {resources}")
+    return resources
+
+
 def run_directory(cfg: DictConfig, stage: str) -> str:
     return storage.join(storage.root(cfg.run.root, "run.root"), stage, cfg.run.name)
 
@@ -116,10 +125,7 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_config(model_cfg, objective_cfg, manifest, cfg.data.seq_len)
-    workers = trainer_cfg["num_workers"]
-    resources = {"CPU": trainer_cfg["cpus_per_worker"]} | ({"GPU": 1} if trainer_cfg["use_gpu"] else {})
-    wait_for_resources(cfg.cluster, {k: v * workers for k, v in resources.items()},
-                       what=f"trainer.num_workers={workers} x {resources}")
+    resources = check_worker_resources(cfg)
     storage_path = storage.join(storage.root(cfg.run.root, "run.root"), stage)
     splits = manifest["splits"]
     train = [ray.data.read_parquet(splits["train"]["files"])
@@ -127,6 +133,8 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     datasets = {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
     if splits["valid"]["files"]:
         datasets["valid"] = ray.data.read_parquet(splits["valid"]["files"])
+    else:
+        log.warning("%s has no validation examples: training without validation metrics", manifest["dir"])
     config = {
         "stage": stage, "run_name": cfg.run.name, "run_dir": storage.join(storage_path, cfg.run.name),
         "model": model_cfg, "objective": objective_cfg,

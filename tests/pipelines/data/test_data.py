@@ -60,7 +60,7 @@ def test_no_document_is_in_both_splits(clm_manifest):
     assert len(valid) > 5 and len(train) > 5 * len(valid)
     assert not train & valid
     corpus = len(set(corpus_docs(clm_manifest)))
-    assert len(train) + len(valid) >= corpus - 2  # every distinct document but a tail cut by the last block
+    assert len(train) + len(valid) >= 0.99 * corpus  # every distinct document but those cut by the last blocks
 
 
 def test_every_setting_that_changes_the_text_gets_its_own_shards(ray_cluster, compose_config, data_root,
