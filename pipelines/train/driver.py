@@ -154,6 +154,7 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trainer_cfg["keep_checkpoints"]),
             failure_config=ray.train.FailureConfig(max_failures=trainer_cfg["max_failures"]),
             worker_runtime_env={"env_vars": worker_env()},
+            logging_config=ray.train.LoggingConfig(log_level=trainer_cfg["ray_log_level"]),
         ),
         datasets=datasets,
         # The same block order on every run, so a resumed run skips the micro-batches it already trained on.

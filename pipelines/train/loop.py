@@ -20,7 +20,6 @@ from (seed, rank, step) at every step, so nothing random needs saving and a resu
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import tempfile
@@ -43,8 +42,6 @@ TRAIN_STATE = "train_state.safetensors"
 
 def train_func(config: dict[str, Any]) -> dict:
     t = config["trainer"]
-    # Ray Train echoes every report at INFO ("Reporting training result N: ..."): the progress line says it once.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
