@@ -10,9 +10,10 @@ Layouts (`shard_format`):
 - `pairs`: per split, sentence-pair examples `<cls> A <sep> B <sep>` padded to `seq_len`, segment ids 0/1, and
            `is_next` (1: B is the sentence after A; 0: B is a sentence of another document). The k-th pair of a
            document is a negative when k + crc32(document) is even, so every document alternates and both splits
-           are balanced however small; a negative's B is drawn, seeded by (seed, document, k), from a pool of
+           are balanced however small; a negative's B is drawn, by a hash of (seed, document, k), from a pool of
            sentences taken from the start of the whole corpus (`write_negative_pool`), not from the batch, which
-           is one chunk of one file. The pairs therefore depend on neither batching nor actor.
+           is one chunk of one file — and only from pool documents of A's own split, so no validation sentence
+           reaches a training example or the reverse. The pairs depend on neither batching nor actor.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ def doc_key(text: str) -> int:
 
 def is_valid_doc(text: str, valid_fraction: float) -> bool:
     """Deterministic split by content: the same document always lands in the same split, wherever it lives."""
-    return doc_key(text) % 1_000_000 < valid_fraction * 1_000_000
+    return is_valid_key(doc_key(text), valid_fraction)
+
+
+def is_valid_key(key: int, valid_fraction: float) -> bool:
+    return key % 1_000_000 < valid_fraction * 1_000_000
 
 
 def write_negative_pool(texts: Iterable[str], path: str) -> int:
@@ -86,21 +91,28 @@ class TokenizeBatch:
         self.valid_fraction, self.seed = valid_fraction, seed
         if shard_format == "pairs":
             pool = [json.loads(line) for line in storage.read_bytes(negatives_path).decode().split("\n") if line]
-            self.pool_docs = np.array([entry["doc"] for entry in pool], np.int64)
-            self.pool_ids = self.tok.encode([entry["text"] for entry in pool])
+            ids = self.tok.encode([entry["text"] for entry in pool])
+            # Per split: (document key of each pool sentence, its token ids).
+            self.pool = {split: ([e["doc"] for e in pool if self.split_of(e["doc"]) == split],
+                                 [i for e, i in zip(pool, ids) if self.split_of(e["doc"]) == split])
+                         for split in SPLITS}
+            self.pool_documents = {split: set(docs) for split, (docs, _) in self.pool.items()}
+
+    def split_of(self, key: int) -> str:
+        return "valid" if is_valid_key(key, self.valid_fraction) else "train"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         parsed = parse_rows(batch, fmt=self.fmt, field_name=self.field_name, on_bad_record=self.on_bad_record)
         by_split = {s: [] for s in SPLITS}
         for text in parsed.texts:
-            by_split["valid" if is_valid_doc(text, self.valid_fraction) else "train"].append(text)
+            by_split[self.split_of(doc_key(text))].append(text)
         row = {"docs_" + s: [len(by_split[s])] for s in SPLITS}
         row |= {"bytes": [parsed.bytes], "n_bad": [len(parsed.bad)], "bad": [parsed.bad[:MAX_BAD_REPORTED]]}
         for split, docs in by_split.items():
             if self.shard_format == "clm":
                 row[f"{split}_ids"] = _one_list(self.pack_documents(docs))
             else:
-                ids, types, is_next = self.sentence_pairs(docs)
+                ids, types, is_next = self.sentence_pairs(docs, split)
                 row |= {f"{split}_ids": _one_list(ids), f"{split}_types": _one_list(types),
                         f"{split}_is_next": _one_list(is_next)}
         return pa.table(row)
@@ -110,8 +122,9 @@ class TokenizeBatch:
         total = sum(map(len, encoded))
         return pa.array(np.fromiter(itertools.chain.from_iterable(encoded), np.int32, count=total))
 
-    def sentence_pairs(self, docs: list[str]) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """(ids, segment ids, is_next) of every consecutive-sentence pair of `docs`, flat, in document order."""
+    def sentence_pairs(self, docs: list[str], split: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """(ids, segment ids, is_next) of every consecutive-sentence pair of `docs` (all of `split`), flat, in
+        document order."""
         sentences = [split_sentences(d) for d in docs]
         flat = self.tok.encode([s for doc in sentences for s in doc])
         ids, types, labels = [], [], []
@@ -120,7 +133,7 @@ class TokenizeBatch:
             key = doc_key(doc)
             for k in range(len(doc_sentences) - 1):
                 is_next = (k + key) % 2
-                b = flat[start + k + 1] if is_next else self.negative(key, k)
+                b = flat[start + k + 1] if is_next else self.negative(key, k, split)
                 example, segment = self.pair(flat[start + k], b)
                 ids.append(example)
                 types.append(segment)
@@ -131,13 +144,19 @@ class TokenizeBatch:
                 pa.array(np.asarray(types, np.int8).reshape(n * self.seq_len)),
                 pa.array(np.asarray(labels, np.int8)))
 
-    def negative(self, key: int, k: int) -> list[int]:
-        """Segment B of document `key`'s k-th pair when it is a negative: a pool sentence of another document."""
-        rng = np.random.default_rng([self.seed, key, k])
-        while True:  # ends: the pool holds at least two documents
-            j = int(rng.integers(len(self.pool_docs)))
-            if self.pool_docs[j] != key:
-                return self.pool_ids[j]
+    def negative(self, key: int, k: int, split: str) -> list[int]:
+        """Segment B of document `key`'s k-th pair when it is a negative: a pool sentence of another document of
+        the same split, chosen by a hash of (seed, key, k, attempt) — cheap, and the same on every actor."""
+        docs, ids = self.pool[split]
+        distinct = self.pool_documents[split]
+        if len(distinct) - (key in distinct) == 0:
+            raise CorpusError(f"NSP negatives for the {split} split need pool sentences from another {split} "
+                              f"document: the first data.nsp_negative_docs documents hold {len(distinct)}; raise "
+                              f"data.nsp_negative_docs" + (" or data.valid_fraction" if split == "valid" else ""))
+        for attempt in itertools.count():
+            j = zlib.crc32(f"{self.seed}:{key}:{k}:{attempt}".encode()) % len(docs)
+            if docs[j] != key:
+                return ids[j]
 
     def pair(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
         """`<cls> a <sep> b <sep>` padded to seq_len; the longer segment is cut first when too long."""

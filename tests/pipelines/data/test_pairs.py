@@ -16,7 +16,7 @@ import pytest
 from models.tokenizer import train_sentencepiece
 from pipelines import storage
 from pipelines.data.reader import _chunk_row
-from pipelines.data.tokenize import SPLITS, TokenizeBatch, doc_key, write_negative_pool
+from pipelines.data.tokenize import SPLITS, TokenizeBatch, doc_key, is_valid_doc, write_negative_pool
 from pipelines.errors import CorpusError
 from pipelines.text import split_sentences
 
@@ -114,6 +114,8 @@ def test_negatives_come_from_other_documents_and_positives_follow(tokenize):
             else:
                 negatives += 1
                 assert b in pool and b not in split_sentences(DOCS[d])
+                # ...and from a document of A's own split: no validation text in training examples.
+                assert is_valid_doc(DOCS[where[b][0]], 0.5) == is_valid_doc(DOCS[d], 0.5)
     assert negatives > 20
 
 
