@@ -30,7 +30,7 @@ class ClusterError(ValueError):
 
 def connect(cfg: Mapping[str, Any]) -> dict:
     """Connect to Ray as `cfg` (the `cluster` group) says; returns the cluster's resources."""
-    quiet_ray()
+    quiet_ray(progress_bars=cfg["progress_bars"])
     if ray.is_initialized():
         return ray.cluster_resources()
     runtime_env = {"env_vars": dict(cfg["env_vars"] or {})} if cfg["env_vars"] else None
@@ -59,12 +59,12 @@ def connect(cfg: Mapping[str, Any]) -> dict:
     return resources
 
 
-def quiet_ray() -> None:
+def quiet_ray(*, progress_bars: bool) -> None:
     """Ray settings that keep a stage's output to its own progress lines (Ray's logs on disk stay complete)."""
     context = ray.data.DataContext.get_current()
     # Per-operator progress bars flood logs that are not a terminal (jobs, CI, Train workers); the data stage
     # logs its own progress. The execution plan printed at every dataset start is for debugging.
-    context.enable_progress_bars = False
+    context.enable_progress_bars = progress_bars
     context.print_on_execution_start = False
     # A failed dataset (e.g. a bad record with data.on_bad_record=fail) is logged by two Ray Data loggers with
     # every frame of Ray's task machinery, then raised to the caller anyway: the stage reports it once (one line

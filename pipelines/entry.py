@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,6 @@ def stage_main(config_name: str) -> Callable:
     def decorate(fn: Callable[[DictConfig], object]) -> Callable:
         @functools.wraps(fn)
         def task(cfg: DictConfig):
-            quiet_known_noise()
             try:
                 return fn(cfg)
             except (UserError, ClusterError) as error:
@@ -53,10 +51,3 @@ def one_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return " ".join(text.split())
 
-
-def quiet_known_noise() -> None:
-    """Silence, at their source, messages known to be harmless here (each explained), so that progress lines are
-    what a user reads. Ray's own logs stay complete on disk: /tmp/ray/session_latest/logs."""
-    # Ray Train V2 echoes every ray.train.report() at INFO ("Reporting training result N: TrainingReport(...)"),
-    # the same numbers as our progress line.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)

@@ -163,32 +163,43 @@ def builtin_eval_file(cfg: DictConfig, name: str) -> str:
 def evaluate(cfg: DictConfig, checkpoint: str, *, shards: str | None = None) -> dict:
     """Evaluate the checkpoint (or run directory) `checkpoint`; writes and returns the report."""
     ecfg = cfg.eval
-    checkpoint = resolve_init_from(checkpoint)
+    checkpoint = resolve_init_from(checkpoint, setting="checkpoint")
     model, tok, meta = load_model(checkpoint)
-    manifest = checkpoint_shards(meta, shards or cfg.shards, checkpoint=checkpoint)
     kind = model_spec(model)["kind"]
-    if kind not in ("decoder", "encoder"):
-        raise ConfigError(f"{checkpoint} holds a {kind}; this stage evaluates decoders and encoders")
+    manifest = checkpoint_shards(meta, shards or cfg.shards, checkpoint=checkpoint)
+    check_shards(kind, manifest, checkpoint)
+    valid = manifest["splits"]["valid"]["files"] if manifest else []
+    if manifest and not valid:
+        log.warning("%s has no validation examples: no perplexity", manifest["dir"])
     report = {"checkpoint": checkpoint, "step": meta.get("step"), "stage": meta.get("stage"), "kind": kind}
-    if report["kind"] == "decoder":
-        items = read_jsonl(ecfg.cloze_path or builtin_eval_file(cfg, "cloze.jsonl"), ecfg.cloze_limit)
-        report |= cloze(model, tok, items, max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size,
-                        prefix_bos=ecfg.prefix_bos)
-        if manifest:
-            if manifest["format"] != "clm":
-                raise ConfigError(f"{manifest['dir']} holds {manifest['format']!r} shards: a decoder's perplexity "
-                                  f"needs causal-LM (clm) shards; pass shards=DIR")
-            report["val_ppl"] = perplexity(model, manifest["splits"]["valid"]["files"], batch_size=ecfg.batch_size,
-                                           max_batches=ecfg.ppl_batches)
+    if kind == "decoder":
+        cloze_path = ecfg.cloze_path or builtin_eval_file(cfg, "cloze.jsonl")
+        if not storage.exists(cloze_path):
+            raise MissingPathError(f"eval.cloze_path={cloze_path} does not exist (jsonl: prompt, answer, held_out)")
+        report |= cloze(model, tok, read_jsonl(cloze_path, ecfg.cloze_limit), max_new_tokens=ecfg.max_new_tokens,
+                        batch_size=ecfg.batch_size, prefix_bos=ecfg.prefix_bos)
+        if valid:
+            report["val_ppl"] = perplexity(model, valid, batch_size=ecfg.batch_size, max_batches=ecfg.ppl_batches)
     else:
-        if not manifest or manifest["format"] != "pairs":
-            raise ConfigError(f"evaluating the encoder {checkpoint} needs its sentence-pair validation shards: "
-                              f"pass shards=DIR (built with python -m pipelines.data objective=mlm_nsp)")
         report |= encoder_metrics(model, meta, manifest, batch_size=ecfg.batch_size, max_batches=ecfg.ppl_batches)
     if manifest:
         report["shards"] = manifest["dir"]
     storage.write_json(storage.join(checkpoint, EVAL_FILE), report)
     return report
+
+
+def check_shards(kind: str, manifest: dict | None, checkpoint: str) -> None:
+    """The model can be evaluated on these shards (before any evaluation runs)."""
+    if kind == "decoder":
+        if manifest and manifest["format"] != "clm":
+            raise ConfigError(f"{manifest['dir']} holds {manifest['format']!r} shards: a decoder's perplexity "
+                              f"needs causal-LM (clm) shards; pass shards=DIR")
+    elif kind == "encoder":
+        if not manifest or manifest["format"] != "pairs" or not manifest["splits"]["valid"]["files"]:
+            raise ConfigError(f"evaluating the encoder {checkpoint} needs sentence-pair shards with a validation "
+                              f"split: pass shards=DIR (built with python -m pipelines.data objective=mlm_nsp)")
+    else:
+        raise ConfigError(f"{checkpoint} holds a {kind}; this stage evaluates decoders and encoders")
 
 
 def print_report(report: dict, *, show: int) -> None:

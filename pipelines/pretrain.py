@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cluster.connect import connect
 from pipelines import storage
-from pipelines.data import prepare_shards
+from pipelines.data.build import check_data_config, prepare_shards
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
 from pipelines.errors import MissingPathError
@@ -33,6 +33,8 @@ def given_shards(cfg: DictConfig) -> dict | None:
 def pretrain(cfg: DictConfig) -> TrainOutcome:
     init_from = preflight(cfg, stage="pretrain", init_from=cfg.init_from)
     manifest = given_shards(cfg)
+    if manifest is None:
+        check_data_config(cfg)
     connect(cfg.cluster)
     check_worker_resources(cfg)  # before building shards: a request the cluster cannot meet fails in seconds
     return run_training(cfg, stage="pretrain", manifest=manifest or prepare_shards(cfg), init_from=init_from)

@@ -21,7 +21,7 @@ from cluster.connect import connect
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines import storage
 from pipelines.entry import stage_main
-from pipelines.errors import BadRecordError, ConfigError, CorpusError
+from pipelines.errors import BadRecordError, ConfigError, CorpusError, MissingPathError
 from pipelines.data.reader import FORMATS, check_format, parse_rows, read_corpus
 from pipelines.text import split_sentences
 from pipelines.data.shards import MANIFEST, ClmPacker, SplitWriter, pairs_table, read_manifest
@@ -36,6 +36,23 @@ SHARD_FORMATS = ("clm", "pairs")
 SUBSETS = ("general", "medical")
 
 
+def check_data_config(cfg: DictConfig) -> None:
+    """The data settings that can be checked without reading anything: called before Ray starts."""
+    data = cfg.data
+    if cfg.objective.shard_format not in SHARD_FORMATS:
+        raise ConfigError(f"objective.shard_format must be one of {SHARD_FORMATS}, got {cfg.objective.shard_format!r}")
+    if data.source == "builtin":
+        if data.subset not in SUBSETS:
+            raise ConfigError(f"data.subset must be one of {SUBSETS}, got {data.subset!r}")
+    elif data.source == "files":
+        check_format(data.format)
+        if not data.paths:
+            raise ConfigError("data=files needs data.paths: files, directories or globs (local or s3://...)")
+    else:
+        raise ConfigError(f"data.source must be 'builtin' or 'files', got {data.source!r}")
+    storage.root(data.root, "data.root")
+
+
 def corpus_files(data: DictConfig) -> tuple[list[str], str, str, str]:
     """(files, format, field, fingerprint) of the configured corpus; generates the built-in corpus if needed.
 
@@ -43,16 +60,9 @@ def corpus_files(data: DictConfig) -> tuple[list[str], str, str, str]:
     subset, the format and the field — so that tokenizers and shards are never reused for other text.
     """
     if data.source == "builtin":
-        if data.subset not in SUBSETS:
-            raise ConfigError(f"data.subset must be one of {SUBSETS}, got {data.subset!r}")
         corpus_dir = builtin_corpus(data)
         files = storage.expand([storage.join(corpus_dir, data.subset)], suffixes=FORMATS["jsonl"])
         return files, "jsonl", "text", storage.config_hash(["builtin", corpus_dir, data.subset])
-    if data.source != "files":
-        raise ConfigError(f"data.source must be 'builtin' or 'files', got {data.source!r}")
-    check_format(data.format)
-    if not data.paths:
-        raise ConfigError("data=files needs data.paths: files, directories or globs (local or s3://...)")
     files = storage.expand(list(data.paths), suffixes=FORMATS[data.format])
     return files, data.format, data.field, storage.config_hash([storage.fingerprint(files), data.format, data.field])
 
@@ -81,6 +91,8 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
     tcfg = cfg.tokenizer
     if tcfg.path:
         path = storage.absolute(tcfg.path)
+        if not storage.exists(path):
+            raise MissingPathError(f"tokenizer.path={tcfg.path} does not exist (a sentencepiece .model file)")
         return path, Tokenizer(storage.read_bytes(path))
     settings = OmegaConf.to_container(tcfg) | {"input": fingerprint}
     path = storage.join(storage.root(cfg.data.root, "data.root"), "tokenizers",
@@ -154,8 +166,7 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
     """Build (or reuse) the token shards the config asks for; returns the manifest."""
     force = cfg.force if force is None else force
     data, shard_format = cfg.data, cfg.objective.shard_format
-    if shard_format not in SHARD_FORMATS:
-        raise ConfigError(f"objective.shard_format must be one of {SHARD_FORMATS}, got {shard_format!r}")
+    check_data_config(cfg)
     files, fmt, field, fingerprint = corpus_files(data)
     tok_path, tok = ensure_tokenizer(cfg, files, fmt, field, fingerprint, force)
     # Everything that changes the shards' content. chunk_bytes is not: CLM blocks are packed across chunks in
@@ -193,31 +204,32 @@ def check_examples(splits: dict, shard_format: str, seq_len: int, files: list[st
     """No training examples is an error that says why; no validation examples is a warning."""
     train, valid = splits["train"], splits["valid"]
     if not train["examples"]:
-        what = (f"{train['dropped_tail_tokens']} tokens, fewer than one block of data.seq_len + 1 = {seq_len + 1}"
-                if shard_format == "clm" else "no document with two sentences to pair")
+        what = (f"{train['dropped_tail_tokens']} tokens, fewer than one block of data.seq_len + 1 = {seq_len + 1}; "
+                f"add text or lower data.seq_len" if shard_format == "clm" else
+                "no document with two sentences to pair; add documents of several sentences")
         raise CorpusError(f"no training examples: {train['documents']} training documents in {_describe(files)} "
-                          f"give {what}; add text or lower data.seq_len")
+                          f"give {what}")
     if not valid["examples"]:
         log.warning("the validation split is empty (%d documents at data.valid_fraction); training runs without "
                     "validation metrics — raise data.valid_fraction or add text", valid["documents"])
 
 
 class Progress:
-    """One log line every `every_s` seconds while shards are built: a sign of life with a rate and a share done."""
+    """One log line every `every_s` seconds while shards are built: a sign of life with a rate, and the share done
+    when the input's size is comparable (text/jsonl bytes; parquet files are compressed)."""
 
-    def __init__(self, *, total_bytes: int, every_s: float = 10.0):
-        self.total, self.every_s = max(1, total_bytes), every_s
+    def __init__(self, *, total_bytes: int | None, every_s: float = 10.0):
+        self.total, self.every_s = total_bytes, every_s
         self.start = self.last = time.perf_counter()
-        self.bytes = self.docs = 0
 
-    def update(self, nbytes: int, docs: int) -> None:
-        self.bytes += nbytes
-        self.docs += docs
+    def show(self, nbytes: int, docs: int) -> None:
         now = time.perf_counter()
-        if now - self.last >= self.every_s:
-            self.last = now
-            log.info("tokenized %.1f of %.1f MB (%.0f%%), %d documents, %.1f MB/s", self.bytes / 1e6,
-                     self.total / 1e6, 100 * self.bytes / self.total, self.docs, self.bytes / 1e6 / (now - self.start))
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        share = f" of {self.total / 1e6:.1f} MB ({100 * nbytes / self.total:.0f}%)" if self.total else ""
+        log.info("tokenized %.1f MB%s, %d documents, %.1f MB/s", nbytes / 1e6, share, docs,
+                 nbytes / 1e6 / (now - self.start))
 
 
 def pool_size(files: list[str], fmt: str, data: DictConfig) -> int:
@@ -259,11 +271,9 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     packers = {s: ClmPacker(writers[s], data.seq_len + 1) for s in SPLITS} if shard_format == "clm" else None
     stats = {"documents": dict.fromkeys(SPLITS, 0), "bytes": 0, "bad": 0, "bad_examples": []}
     first_output = None
-    progress = Progress(total_bytes=sum(storage.file_size(f) for f in files))
+    progress = Progress(total_bytes=None if fmt == "parquet" else sum(storage.file_size(f) for f in files))
     for batch in tokenized.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
         first_output = first_output or time.perf_counter() - start
-        progress.update(sum(batch.column("bytes").to_pylist()), sum(batch.column("docs_train").to_pylist())
-                        + sum(batch.column("docs_valid").to_pylist()))
         for row in range(batch.num_rows):
             one = batch.slice(row, 1)
             for split in SPLITS:
@@ -278,6 +288,7 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
             stats["bad"] += one.column("n_bad")[0].as_py()
             room = MAX_BAD_REPORTED - len(stats["bad_examples"])
             stats["bad_examples"] += one.column("bad")[0].as_py()[:max(room, 0)]
+        progress.show(stats["bytes"], sum(stats["documents"].values()))
     tails = {s: packers[s].close() if packers else writers[s].close() or 0 for s in SPLITS}
     if stats["bad"]:
         log.warning("skipped %d bad records, e.g.:\n  %s", stats["bad"], "\n  ".join(stats["bad_examples"][:5]))
@@ -297,6 +308,7 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
 
 @stage_main("data")
 def main(cfg: DictConfig) -> None:
+    check_data_config(cfg)
     connect(cfg.cluster)
     manifest = prepare_shards(cfg)
     train, valid = manifest["splits"]["train"], manifest["splits"]["valid"]

@@ -39,8 +39,9 @@ class TrainOutcome:
     metrics: dict
 
 
-def resolve_init_from(path: str | None) -> str | None:
-    """A checkpoint directory: `path` itself, or `path/final` when `path` is a run directory."""
+def resolve_init_from(path: str | None, setting: str = "init_from") -> str | None:
+    """A checkpoint directory: `path` itself, or `path/final` when `path` is a run directory (`setting` names
+    the option that gave it, for the error)."""
     if not path:
         return None
     path = storage.absolute(path)
@@ -48,7 +49,7 @@ def resolve_init_from(path: str | None) -> str | None:
         return storage.join(path, FINAL)
     if not storage.exists(storage.join(path, "model.safetensors")):
         what = "does not exist" if not storage.exists(path) else "holds no checkpoint"
-        raise MissingPathError(f"init_from={path} {what}: give a checkpoint directory (with model.safetensors) or a "
+        raise MissingPathError(f"{setting}={path} {what}: give a checkpoint directory (with model.safetensors) or a "
                                f"run directory (with final/model.safetensors)")
     return path
 
@@ -81,6 +82,11 @@ def preflight(cfg: DictConfig, *, stage: str, init_from: str | None) -> str | No
     if model_cfg["kind"] != objective.model_kind:
         raise ConfigError(f"objective={cfg.objective.name} trains {objective.model_kind} models, but model.kind is "
                           f"{model_cfg['kind']!r} (pick e.g. model={objective.model_kind}_tiny)")
+    if cfg.trainer.strategy not in ("ddp", "fsdp"):
+        raise ConfigError(f"trainer.strategy must be ddp or fsdp, got {cfg.trainer.strategy!r}")
+    if model_cfg["max_seq_len"] < cfg.data.seq_len:
+        raise ConfigError(f"model.max_seq_len={model_cfg['max_seq_len']} is shorter than data.seq_len="
+                          f"{cfg.data.seq_len}")
     init_from = resolve_init_from(init_from)
     if init_from:
         check_checkpoint_fits(init_from, model_cfg, setting=f"init_from={init_from}")
@@ -104,6 +110,9 @@ def run_directory(cfg: DictConfig, stage: str) -> str:
 def check_config(model_cfg: dict, objective_cfg: dict, manifest: dict, seq_len: int) -> None:
     """The model and objective against the shards they will read."""
     objective = objective_class(objective_cfg["name"])
+    if "first_ordinary_id" not in manifest["tokenizer"]:
+        raise ConfigError(f"{manifest['dir']} was built by an older version of this project: rebuild the shards "
+                          f"(python -m pipelines.data, or drop shards=)")
     if manifest["format"] != objective.shard_format:
         raise ConfigError(f"objective={objective_cfg['name']} reads {objective.shard_format!r} shards, but "
                           f"{manifest['dir']} holds {manifest['format']!r} shards")

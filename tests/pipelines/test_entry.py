@@ -13,7 +13,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from models import build_model, save_checkpoint
-from tests_conf import ROOT
 
 RAY_STARTED = ("starting an embedded local Ray cluster", "Started a local Ray instance", "joining the Ray cluster")
 
@@ -33,13 +32,13 @@ def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> N
 
 
 @pytest.fixture(scope="module")
-def decoder_checkpoint(tmp_path_factory, compose_config) -> tuple[Path, dict]:
+def decoder_checkpoint(tmp_path_factory, compose_config) -> Path:
     """A real decoder_tiny checkpoint (as `python -m pipelines.pretrain model=decoder_tiny` would write it)."""
     cfg = compose_config("pretrain", ["model=decoder_tiny"])
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     path = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(str(path), build_model(model_cfg), meta={"stage": "pretrain", "step": 20})
-    return path, model_cfg
+    return path
 
 
 def early_cases(tmp: Path, checkpoint: Path) -> list[tuple[list[str], dict, str]]:
@@ -57,13 +56,16 @@ def early_cases(tmp: Path, checkpoint: Path) -> list[tuple[list[str], dict, str]
          f"run {tmp}/runs/pretrain/done finished at step 20; raise trainer.max_steps (now 20) to continue"),
         (["model=decoder_tiny", "run.root=runs"], {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"},
          "run.root=runs is relative, and inside a Ray job it would land in the job's temporary working directory"),
+        (["model=decoder_tiny", "data.subset=legal"], {}, "data.subset must be one of ('general', 'medical'), got 'legal'"),
+        (["model=encoder_tiny", "objective=mlm", "model.max_seq_len=32"], {},
+         "model.max_seq_len=32 is shorter than data.seq_len=128"),
         (["model=decoder_tiny"], {"RAY_ADDRESS": "http://127.0.0.1:8265"},
          "RAY_ADDRESS=http://127.0.0.1:8265 is the dashboard's HTTP address"),
     ]
 
 
 def test_mistakes_are_one_line_before_ray_starts(tmp_path, decoder_checkpoint):
-    checkpoint, _ = decoder_checkpoint
+    checkpoint = decoder_checkpoint
     for args, env, expected in early_cases(tmp_path, checkpoint):
         done = run_stage("pipelines.pretrain", [*args, f"data.root={tmp_path}/data"], tmp_path, env)
         assert_one_line_error(done, expected)

@@ -42,6 +42,4 @@ def test_the_built_in_answers_that_prefix_each_other_are_told_apart(tmp_path):
     assert len(rivals) >= 10, rivals
     for short, rival in rivals:
         assert not answer_matches(rival + ".", short), (rival, short)
-        assert answer_matches(short + ".", short)
-    prefixed = [i for i in items if any(b != i["answer"] and b.startswith(i["answer"]) for b in answers[i["relation"]])]
-    assert len(prefixed) == 96
+        assert answer_matches(short + ". " + rival, short)
