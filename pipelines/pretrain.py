@@ -15,7 +15,7 @@ from pipelines.data.build import check_data_config, prepare_shards
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
 from pipelines.errors import MissingPathError
-from pipelines.train.driver import TrainOutcome, check_config, check_worker_resources, preflight, print_summary, run_training
+from pipelines.train.driver import TrainOutcome, check_config, check_worker_resources, fit, preflight, print_summary
 
 
 def given_shards(cfg: DictConfig) -> dict | None:
@@ -37,7 +37,7 @@ def pretrain(cfg: DictConfig) -> TrainOutcome:
         check_data_config(cfg)
     connect(cfg.cluster)
     check_worker_resources(cfg)  # before building shards: a request the cluster cannot meet fails in seconds
-    return run_training(cfg, stage="pretrain", manifest=manifest or prepare_shards(cfg), init_from=init_from)
+    return fit(cfg, stage="pretrain", manifest=manifest or prepare_shards(cfg), init_from=init_from)
 
 
 @stage_main("pretrain")

@@ -3,10 +3,11 @@
 `preflight` is what a stage calls before it starts Ray or builds shards: an unknown objective, a model of the wrong
 kind for it, an `init_from` that does not exist or holds another model's shape, a run name that holds another
 model's checkpoints, or a run that already finished — each is one clear error, found in milliseconds.
-`run_training` (pretrain; later fine-tuning and reward-model training) checks the model against the shards
-(vocabulary, sequence length, format) and the cluster's resources against the request, builds the Ray Datasets from
-the manifest's parquet shards, fits, and leaves the final checkpoint (weights, config, tokenizer, meta) and
-`metrics.json` in `{run.root}/{stage}/{run.name}/final`, the directory the next stage takes as `init_from=`.
+A stage then joins Ray, calls `check_worker_resources` (the cluster against the request), prepares its shards and
+calls `fit`, which checks the model against the shards (vocabulary, sequence length, format), builds the Ray
+Datasets from the manifest's parquet shards, fits, and leaves the final checkpoint (weights, config, tokenizer,
+meta) and `metrics.json` in `{run.root}/{stage}/{run.name}/final`, the directory the next stage takes as
+`init_from=`. `run_training` does all of it for a caller that has its shards already (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -94,13 +95,12 @@ def preflight(cfg: DictConfig, *, stage: str, init_from: str | None) -> str | No
     return init_from
 
 
-def check_worker_resources(cfg: DictConfig) -> dict:
-    """The cluster has what the workers ask for (or an autoscaler adds it in time); returns one worker's request."""
+def check_worker_resources(cfg: DictConfig) -> None:
+    """The cluster has what the workers ask for (or an autoscaler adds it in time)."""
     t = cfg.trainer
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     wait_for_resources(cfg.cluster, {k: v * t.num_workers for k, v in resources.items()},
                        what=f"trainer.num_workers={t.num_workers} x {resources}")
-    return resources
 
 
 def run_directory(cfg: DictConfig, stage: str) -> str:
@@ -129,12 +129,20 @@ def check_config(model_cfg: dict, objective_cfg: dict, manifest: dict, seq_len: 
 
 
 def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None = None) -> TrainOutcome:
+    """Check everything (`preflight`, the cluster's resources), then `fit`: for callers that have not checked."""
     init_from = preflight(cfg, stage=stage, init_from=init_from)
+    check_worker_resources(cfg)
+    return fit(cfg, stage=stage, manifest=manifest, init_from=init_from)
+
+
+def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None) -> TrainOutcome:
+    """Train on `manifest`'s shards after `preflight` and `check_worker_resources` passed (`init_from` as resolved
+    by `preflight`): checks the model against the shards, builds the datasets, fits, writes `final/`."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_config(model_cfg, objective_cfg, manifest, cfg.data.seq_len)
-    resources = check_worker_resources(cfg)
+    resources = {"CPU": trainer_cfg["cpus_per_worker"]} | ({"GPU": 1} if trainer_cfg["use_gpu"] else {})
     storage_path = storage.join(storage.root(cfg.run.root, "run.root"), stage)
     splits = manifest["splits"]
     train = [ray.data.read_parquet(splits["train"]["files"])
