@@ -30,6 +30,9 @@ _EXPORTS = {
     "apply_lora": "lora",
     "mark_only_lora_trainable": "lora",
     "merge_lora": "lora",
+    "lora_state_dict": "lora",
+    "save_adapters": "lora",
+    "load_adapters": "lora",
 }
 
 
@@ -44,7 +47,8 @@ __all__ = [
     "Decoder", "DecoderConfig", "KVCache",
     "Encoder", "EncoderConfig", "SequenceClassifier",
     "ScalarHead", "RewardModel", "ValueModel",
-    "apply_lora", "mark_only_lora_trainable", "merge_lora", "LoRALinear",
+    "apply_lora", "mark_only_lora_trainable", "merge_lora", "LoRALinear", "lora_state_dict",
+    "save_adapters", "load_adapters",
     "save_checkpoint", "load_checkpoint", "load_weights_into", "save_state", "load_state",
     "export_hf_llama", "import_hf_llama",
 ]

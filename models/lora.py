@@ -4,10 +4,13 @@ Features: `apply_lora` swaps the nn.Linear modules whose names end with one of `
 for `LoRALinear`: y = base(x) + (alpha / rank) * B(A(dropout(x))), base frozen, A Kaiming-uniform, B zeros (so a
 fresh adapter changes nothing); `mark_only_lora_trainable` freezes everything else; `lora_state_dict` holds only
 the adapters; `merge_lora` folds B @ A into the base weights and puts plain nn.Linear modules back under their
-original names, so a merged model saves and loads like one that never had adapters.
+original names, so a merged model saves and loads like one that never had adapters; `save_adapters` /
+`load_adapters` keep the adapters alone (`adapter.safetensors` + `adapter_config.json`) beside a checkpoint.
 """
 
+import json
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -81,4 +84,34 @@ def merge_lora(model: nn.Module) -> nn.Module:
     names = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
     for name in names:
         _replace(model, name, model.get_submodule(name).merged())
+    return model
+
+
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
+
+
+def save_adapters(path: str, model: nn.Module, settings: dict) -> None:
+    """Write the adapter tensors and their settings (rank, alpha, dropout, targets) into the directory `path`."""
+    from models.checkpoint import save_tensors
+
+    os.makedirs(path, exist_ok=True)
+    save_tensors(os.path.join(path, ADAPTER_WEIGHTS), lora_state_dict(model))
+    with open(os.path.join(path, ADAPTER_CONFIG), "w") as f:
+        json.dump(dict(settings), f, indent=2)
+
+
+def load_adapters(model: nn.Module, path: str) -> nn.Module:
+    """Copy the adapters saved in `path` into `model` (which has LoRA applied with the same settings); a missing
+    or mis-shaped adapter raises ValueError naming it."""
+    from models.checkpoint import load_tensors
+
+    tensors = load_tensors(os.path.join(path, ADAPTER_WEIGHTS))
+    own = lora_state_dict(model)
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or unexpected or shapes:
+        raise ValueError(f"adapters in {path} do not fit the model: missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}, mis-shaped {shapes[:4]}")
+    model.load_state_dict(tensors, strict=False)
     return model

@@ -93,3 +93,36 @@ def pairs_manifest(ray_cluster, small_overrides) -> dict:
 
 def pytest_configure(config):
     os.environ.setdefault("WANDB_MODE", "offline")
+
+
+# Small training runs: one worker, a few steps, fractional CPUs so Ray Data's tasks always find one.
+TINY_TRAIN = ["trainer.micro_batch_size=8", "trainer.log_every=5", "trainer.eval_every=1000", "trainer.eval_batches=4",
+              "trainer.warmup_steps=5", "trainer.lr=3e-3", "trainer.cpus_per_worker=0.4"]
+
+
+@pytest.fixture(scope="session")
+def session_runs(tmp_path_factory) -> Path:
+    """Where the shared pre-trained checkpoints of the session live."""
+    return tmp_path_factory.mktemp("session-runs")
+
+
+@pytest.fixture(scope="session")
+def pretrained_decoder(ray_cluster, clm_manifest, small_overrides, session_runs):
+    """A tiny causal-LM decoder pre-trained for 60 steps (TrainOutcome): the start of every fine-tuning test."""
+    from pipelines.train.driver import run_training
+
+    cfg = compose("pretrain", [*small_overrides, *TINY_TRAIN, f"run.root={session_runs}", "run.name=decoder",
+                               "model=decoder_tiny", "trainer.max_steps=60", "trainer.ckpt_every=60"])
+    return run_training(cfg, stage="pretrain", manifest=clm_manifest)
+
+
+@pytest.fixture(scope="session")
+def pretrained_encoder(ray_cluster, pairs_manifest, small_overrides, session_runs):
+    """A tiny encoder pre-trained with MLM + NSP for 150 steps (TrainOutcome): enough for its representations to
+    carry the topic of a sentence, which few-label classification shows."""
+    from pipelines.train.driver import run_training
+
+    cfg = compose("pretrain", [*small_overrides, *TINY_TRAIN, f"run.root={session_runs}", "run.name=encoder",
+                               "objective=mlm_nsp", "model=encoder_tiny", "trainer.max_steps=150",
+                               "trainer.micro_batch_size=16", "trainer.ckpt_every=150"])
+    return run_training(cfg, stage="pretrain", manifest=pairs_manifest)

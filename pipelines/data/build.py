@@ -30,20 +30,37 @@ from pipelines.data.tokenize import MAX_BAD_REPORTED, SPLITS, TokenizeBatch, wri
 TOKENIZER, NEGATIVES = "tokenizer.model", "nsp_negatives.jsonl"
 
 log = logging.getLogger(__name__)
-SHARD_FORMATS = ("clm", "pairs")
+SHARD_FORMATS = ("clm", "pairs", "sft", "classify")
+# The records each shard format is built from (pipelines/data/records.py).
+RECORDS = {"clm": ("text",), "pairs": ("text",), "sft": ("chat", "summarize"), "classify": ("labeled",)}
 
-
-SUBSETS = ("general", "medical")
+# The built-in corpus's collections (data.subset) and where each lies in it.
+SUBSETS = {"general": "general", "medical": "medical", "instruct": "instruct/train.jsonl",
+           "summarize": "task/summarize_train.jsonl", "classify": "task/classify_train.jsonl",
+           "preference": "preference/train.jsonl"}
 
 
 def check_data_config(cfg: DictConfig) -> None:
     """The data settings that can be checked without reading anything: called before Ray starts."""
-    data = cfg.data
-    if cfg.objective.shard_format not in SHARD_FORMATS:
-        raise ConfigError(f"objective.shard_format must be one of {SHARD_FORMATS}, got {cfg.objective.shard_format!r}")
+    data, shard_format = cfg.data, cfg.objective.shard_format
+    if shard_format not in SHARD_FORMATS:
+        raise ConfigError(f"objective.shard_format must be one of {SHARD_FORMATS}, got {shard_format!r}")
+    if data.record not in RECORDS[shard_format]:
+        raise ConfigError(f"{shard_format!r} shards are built from {' or '.join(RECORDS[shard_format])} records, but "
+                          f"data.record is {data.record!r}")
+    if data.record != "text":
+        if data.source == "files" and data.format == "text":
+            raise ConfigError(f"data.record={data.record} needs structured records: data.format=jsonl or parquet")
+        if not cfg.tokenizer.path:
+            raise ConfigError(f"data.record={data.record}: fine-tuning records are tokenized with a given tokenizer "
+                              f"(tokenizer.path, the checkpoint's), never a newly trained one")
+        if data.too_long not in ("drop", "truncate"):
+            raise ConfigError(f"data.too_long must be drop or truncate, got {data.too_long!r}")
+    if data.record == "labeled":
+        record_labels(data)
     if data.source == "builtin":
         if data.subset not in SUBSETS:
-            raise ConfigError(f"data.subset must be one of {SUBSETS}, got {data.subset!r}")
+            raise ConfigError(f"data.subset must be one of {sorted(SUBSETS)}, got {data.subset!r}")
     elif data.source == "files":
         check_format(data.format)
         if not data.paths:
@@ -51,6 +68,20 @@ def check_data_config(cfg: DictConfig) -> None:
     else:
         raise ConfigError(f"data.source must be 'builtin' or 'files', got {data.source!r}")
     storage.root(data.root, "data.root")
+
+
+def record_labels(data: DictConfig) -> list[str]:
+    """The label names of labelled records, index = class id: data.labels, or the built-in topics."""
+    if data.labels:
+        labels = [str(label) for label in data.labels]
+        if len(set(labels)) != len(labels) or len(labels) < 2:
+            raise ConfigError(f"data.labels must name at least two distinct labels, got {labels}")
+        return labels
+    if data.source == "builtin" and data.subset == "classify":
+        from pipelines.corpus.tasks import TOPICS
+
+        return list(TOPICS)
+    raise ConfigError("data.record=labeled needs data.labels: the label names, e.g. data.labels='[sports,science]'")
 
 
 def corpus_files(data: DictConfig) -> tuple[list[str], str, str, str]:
@@ -61,7 +92,7 @@ def corpus_files(data: DictConfig) -> tuple[list[str], str, str, str]:
     """
     if data.source == "builtin":
         corpus_dir = builtin_corpus(data)
-        files = storage.expand([storage.join(corpus_dir, data.subset)], suffixes=FORMATS["jsonl"])
+        files = storage.expand([storage.join(corpus_dir, SUBSETS[data.subset])], suffixes=FORMATS["jsonl"])
         return files, "jsonl", "text", storage.config_hash(["builtin", corpus_dir, data.subset])
     files = storage.expand(list(data.paths), suffixes=FORMATS[data.format])
     return files, data.format, data.field, storage.config_hash([storage.fingerprint(files), data.format, data.field])
@@ -175,6 +206,10 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
                     seed=data.seed, on_bad_record=data.on_bad_record, input=fingerprint, tokenizer=tok.sha256)
     if shard_format == "pairs":
         settings["nsp_negative_docs"] = data.nsp_negative_docs
+    if data.record != "text":
+        settings |= {"record": data.record, "too_long": data.too_long}
+    if data.record == "labeled":
+        settings |= {"labels": record_labels(data), "label_field": data.label_field}
     key = storage.config_hash(settings)
     shard_dir = storage.join(storage.root(data.root, "data.root"), "shards", f"{shard_format}-{key}")
     manifest = read_manifest(shard_dir)
@@ -195,18 +230,35 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
                  "tokenizer": {"path": storage.join(shard_dir, TOKENIZER), "trained_at": tok_path,
                                "sha256": tok.sha256, "vocab_size": tok.vocab_size,
                                "first_ordinary_id": tok.first_ordinary_id,
-                               "model_type": cfg.tokenizer.model_type, "special_ids": tok.special_ids}}
+                               "model_type": cfg.tokenizer.model_type, "special_ids": tok.special_ids},
+                 "record": data.record}
+    if data.record == "labeled":
+        manifest["labels"] = settings["labels"]
     storage.write_json(storage.join(shard_dir, MANIFEST), manifest)
     return manifest
+
+
+def record_table(shard_format: str, row: pa.Table, split: str, seq_len: int) -> pa.Table:
+    """The `sft` or `classify` examples of one tokenizer output row as a shard table."""
+    ids = row.column(f"{split}_ids")[0].values
+    if shard_format == "sft":
+        return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(ids, seq_len + 1),
+                         "loss_mask": pa.FixedSizeListArray.from_arrays(row.column(f"{split}_mask")[0].values,
+                                                                        seq_len + 1)})
+    return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(ids, seq_len),
+                     "label": row.column(f"{split}_label")[0].values})
 
 
 def check_examples(splits: dict, shard_format: str, seq_len: int, files: list[str]) -> None:
     """No training examples is an error that says why; no validation examples is a warning."""
     train, valid = splits["train"], splits["valid"]
     if not train["examples"]:
-        what = (f"{train['dropped_tail_tokens']} tokens, fewer than one block of data.seq_len + 1 = {seq_len + 1}; "
-                f"add text or lower data.seq_len" if shard_format == "clm" else
-                "no document with two sentences to pair; add documents of several sentences")
+        what = {"clm": f"{train['dropped_tail_tokens']} tokens, fewer than one block of data.seq_len + 1 = "
+                       f"{seq_len + 1}; add text or lower data.seq_len",
+                "pairs": "no document with two sentences to pair; add documents of several sentences",
+                "sft": f"no usable record ({train.get('dropped_too_long', 0)} longer than data.seq_len={seq_len} "
+                       f"dropped); check the records, or raise data.seq_len or set data.too_long=truncate",
+                "classify": "no usable labelled record"}[shard_format]
         raise CorpusError(f"no training examples: {train['documents']} training documents in {_describe(files)} "
                           f"give {what}")
     if not valid["examples"]:
@@ -248,15 +300,18 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     data = cfg.data
     start = time.perf_counter()
     actors = pool_size(files, fmt, data)
+    records = data.record != "text"
     tokenized = read_corpus(files, fmt=fmt, field_name=field, chunk_bytes=data.chunk_bytes,
                             read_tasks=min(len(files), data.read_tasks_per_actor * actors),
-                            read_cpus=data.read_cpus).map_batches(
+                            read_cpus=data.read_cpus, whole_records=records).map_batches(
         TokenizeBatch,
         fn_constructor_kwargs=dict(tokenizer_path=storage.join(shard_dir, TOKENIZER), negatives_path=negatives,
                                    fmt=fmt, field_name=field,
                                    shard_format=shard_format, seq_len=data.seq_len,
                                    valid_fraction=data.valid_fraction, seed=data.seed,
-                                   on_bad_record=data.on_bad_record),
+                                   on_bad_record=data.on_bad_record, record=data.record,
+                                   labels=record_labels(data) if data.record == "labeled" else None,
+                                   label_field=data.label_field, too_long=data.too_long),
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=data.tokenize_cpus,
         batch_size=1 if fmt != "parquet" else 2048,
@@ -269,7 +324,8 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     tokenized.context.raise_original_map_exception = True  # a BadRecordError arrives as itself
     writers = {s: SplitWriter(shard_dir, s, rows_per_shard=data.rows_per_shard) for s in SPLITS}
     packers = {s: ClmPacker(writers[s], data.seq_len + 1) for s in SPLITS} if shard_format == "clm" else None
-    stats = {"documents": dict.fromkeys(SPLITS, 0), "bytes": 0, "bad": 0, "bad_examples": []}
+    stats = {"documents": dict.fromkeys(SPLITS, 0), "bytes": 0, "bad": 0, "bad_examples": [],
+             "truncated": dict.fromkeys(SPLITS, 0), "dropped": dict.fromkeys(SPLITS, 0)}
     first_output = None
     progress = Progress(total_bytes=None if fmt == "parquet" else sum(storage.file_size(f) for f in files))
     for batch in tokenized.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
@@ -281,6 +337,11 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                 ids = one.column(f"{split}_ids")[0].values
                 if packers:
                     packers[split].add(ids.to_numpy())
+                elif records:
+                    stats["truncated"][split] += one.column(f"{split}_truncated")[0].as_py()
+                    stats["dropped"][split] += one.column(f"{split}_dropped")[0].as_py()
+                    if len(ids):
+                        writers[split].add(record_table(shard_format, one, split, data.seq_len))
                 elif len(ids):
                     writers[split].add(pairs_table(ids, one.column(f"{split}_types")[0].values,
                                                    one.column(f"{split}_is_next")[0].values, data.seq_len))
@@ -298,6 +359,13 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     seconds = time.perf_counter() - start
     splits = {s: {"files": writers[s].files, "examples": writers[s].examples, "tokens": writers[s].tokens,
                   "documents": stats["documents"][s], "dropped_tail_tokens": tails[s]} for s in SPLITS}
+    if records:  # examples longer than the shards' rows: cut, or left out (data.too_long)
+        for s in SPLITS:
+            splits[s] |= {"truncated": stats["truncated"][s], "dropped_too_long": stats["dropped"][s]}
+        if sum(stats["dropped"].values()) or sum(stats["truncated"].values()):
+            log.warning("records longer than data.seq_len=%d tokens: %d dropped, %d truncated (data.too_long=%s)",
+                        data.seq_len, sum(stats["dropped"].values()), sum(stats["truncated"].values()),
+                        data.too_long)
     check_examples(splits, shard_format, data.seq_len, files)
     log.info("wrote %s in %.1fs (%.1f MB/s): %s", shard_dir, seconds, stats["bytes"] / 1e6 / seconds,
              {s: {k: splits[s][k] for k in ("examples", "tokens", "documents")} for s in SPLITS})

@@ -62,7 +62,7 @@ def check_format(fmt: str) -> None:
 
 
 def read_corpus(files: list[str], *, fmt: str, field_name: str, chunk_bytes: int, read_tasks: int | None = None,
-                read_cpus: float = 1.0) -> ray.data.Dataset:
+                read_cpus: float = 1.0, whole_records: bool = False) -> ray.data.Dataset:
     """A lazy Ray Dataset over the corpus files (chunks of lines, or parquet rows of the text column).
 
     `read_tasks` groups the files into that many read tasks (None: Ray's choice); reading is cheap next to
@@ -76,10 +76,10 @@ def read_corpus(files: list[str], *, fmt: str, field_name: str, chunk_bytes: int
                 schema = pq.read_schema(p, filesystem=fs)
             except pa.ArrowInvalid as e:
                 raise BadRecordError(f"{path}: not a parquet file ({e})") from None
-            if field_name not in schema.names:
+            if not whole_records and field_name not in schema.names:
                 raise BadRecordError(f"{path}: no column {field_name!r} (columns: {schema.names}); set data.field")
-        return ray.data.read_parquet(files, columns=[field_name], include_paths=True, num_cpus=read_cpus,
-                                     override_num_blocks=read_tasks)
+        return ray.data.read_parquet(files, columns=None if whole_records else [field_name], include_paths=True,
+                                     num_cpus=read_cpus, override_num_blocks=read_tasks)
     return ray.data.read_datasource(LineChunks(files, chunk_bytes=chunk_bytes), num_cpus=read_cpus,
                                     override_num_blocks=read_tasks)
 
@@ -91,10 +91,19 @@ class Parsed:
     texts: list[str] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
     bytes: int = 0
+    # With `whole_records`: (where, record) pairs, `where` being `file:line` (jsonl) or `file` (parquet).
+    records: list[tuple[str, object]] = field(default_factory=list)
 
 
-def parse_rows(batch: pa.Table, *, fmt: str, field_name: str, on_bad_record: str) -> Parsed:
+def parse_rows(batch: pa.Table, *, fmt: str, field_name: str, on_bad_record: str,
+               whole_records: bool = False) -> Parsed:
+    """Documents (the string `field_name` of each record) or, with `whole_records`, every record as parsed — for
+    fine-tuning records whose shape the caller checks (pipelines/data/records.py)."""
     out = Parsed()
+    if whole_records and fmt == "parquet":
+        paths = batch.column("path").to_pylist()
+        out.records = list(zip(paths, batch.drop_columns(["path"]).to_pylist()))
+        return out
     if fmt == "parquet":
         paths, values = batch.column("path").to_pylist(), batch.column(field_name).to_pylist()
         for path, value in zip(paths, values):
@@ -118,6 +127,9 @@ def parse_rows(batch: pa.Table, *, fmt: str, field_name: str, on_bad_record: str
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 _bad(out, f"{path}:{lineno}: not valid JSON: {e.msg} (column {e.colno})", on_bad_record)
+                continue
+            if whole_records:
+                out.records.append((f"{path}:{lineno}", record))
                 continue
             value = record.get(field_name) if isinstance(record, dict) else None
             if not isinstance(value, str):

@@ -7,6 +7,14 @@ and writes them. Few, large rows are what keeps Ray Data's per-row overhead out 
 
 Layouts (`shard_format`):
 - `clm`:   per split, all documents as `<bos> doc <eos>` concatenated, in order (packed into blocks later).
+- `sft`:   fine-tuning records (`record` chat or summarize, pipelines/data/records.py) rendered with the chat
+           template: per split, one example per record, `seq_len + 1` token ids padded with <pad> and a loss mask
+           that is 1 on assistant tokens. Padded, not packed: an example is one conversation, so attention never
+           crosses into another one and no conversation is ever split across examples (packing would need a
+           block-diagonal attention mask for the same guarantee; the loss trims each batch to its longest example,
+           so padding costs little compute). A record longer than `seq_len + 1` tokens is dropped or truncated
+           (`too_long`) and counted.
+- `classify`: labelled records: `<cls> text <sep>` padded to `seq_len`, and the label's index in `labels`.
 - `pairs`: per split, sentence-pair examples `<cls> A <sep> B <sep>` padded to `seq_len`, segment ids 0/1, and
            `is_next` (1: B is the sentence after A; 0: B is a sentence of another document). The k-th pair of a
            document is a negative when k + crc32(document) is even, so every document alternates and both splits
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import zlib
 from typing import Iterable
 
@@ -29,7 +38,9 @@ import pyarrow as pa
 from models.tokenizer import Tokenizer
 from pipelines import storage
 from pipelines.data.reader import parse_rows
-from pipelines.errors import CorpusError
+from pipelines.data.records import (check_chat, check_labeled, check_summarize, classify_encoding, pad,
+                                    summarize_messages)
+from pipelines.errors import BadRecordError, CorpusError
 from pipelines.text import split_sentences
 
 SPLITS = ("train", "valid")
@@ -72,6 +83,12 @@ def write_negative_pool(texts: Iterable[str], path: str) -> int:
     return len(pool)
 
 
+def _line_number(report: str) -> int:
+    """The line of a `file:line: reason` report (0 when it names no line)."""
+    found = re.search(r":(\d+): ", report)
+    return int(found.group(1)) if found else 0
+
+
 def _one_list(values: pa.Array) -> pa.Array:
     """A one-row list column holding `values` (no copy)."""
     return pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()), values)
@@ -84,8 +101,11 @@ class TokenizeBatch:
     """
 
     def __init__(self, *, tokenizer_path: str, negatives_path: str | None, fmt: str, field_name: str,
-                 shard_format: str, seq_len: int, valid_fraction: float, seed: int, on_bad_record: str):
+                 shard_format: str, seq_len: int, valid_fraction: float, seed: int, on_bad_record: str,
+                 record: str = "text", labels: list[str] | None = None, label_field: str = "label",
+                 too_long: str = "drop"):
         self.tok = Tokenizer(storage.read_bytes(tokenizer_path))
+        self.record, self.labels, self.label_field, self.too_long = record, list(labels or []), label_field, too_long
         self.fmt, self.field_name, self.on_bad_record = fmt, field_name, on_bad_record
         self.shard_format, self.seq_len = shard_format, seq_len
         self.valid_fraction, self.seed = valid_fraction, seed
@@ -102,6 +122,8 @@ class TokenizeBatch:
         return "valid" if is_valid_key(key, self.valid_fraction) else "train"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.record != "text":
+            return self.records(batch)
         parsed = parse_rows(batch, fmt=self.fmt, field_name=self.field_name, on_bad_record=self.on_bad_record)
         by_split = {s: [] for s in SPLITS}
         for text in parsed.texts:
@@ -168,3 +190,93 @@ class TokenizeBatch:
         segment = [0] * (len(a) + 2) + [1] * (len(b) + 1)
         pad = self.seq_len - len(ids)
         return ids + [tok.pad_id] * pad, segment + [0] * pad
+
+    # Fine-tuning records ------------------------------------------------------------------------------------------
+
+    def records(self, batch: pa.Table) -> pa.Table:
+        """One row per batch: per split the examples of `sft` or `classify` shards (flat), and the counts."""
+        # Unparsable lines and unusable records are gathered together, so that with on_bad_record=fail the error
+        # is the first bad line of the chunk, whichever kind it is.
+        parsed = parse_rows(batch, fmt=self.fmt, field_name=self.field_name, on_bad_record="skip",
+                            whole_records=True)
+        bad = list(parsed.bad)
+        by_split = {s: [] for s in SPLITS}
+        for where, record in parsed.records:
+            reason = self.check(record)
+            if reason:
+                bad.append(f"{where}: {reason}")
+                continue
+            key = doc_key(json.dumps(record, sort_keys=True, ensure_ascii=False))
+            by_split[self.split_of(key)].append(record)
+        if bad and self.on_bad_record == "fail":
+            raise BadRecordError(min(bad, key=_line_number))
+        row = {"docs_" + s: [len(by_split[s])] for s in SPLITS}
+        row |= {"bytes": [parsed.bytes], "n_bad": [len(bad)], "bad": [bad[:MAX_BAD_REPORTED]]}
+        for split, records in by_split.items():
+            if self.shard_format == "sft":
+                ids, mask, truncated, dropped = self.chat_examples(records)
+                row |= {f"{split}_ids": _one_list(ids), f"{split}_mask": _one_list(mask),
+                        f"{split}_truncated": [truncated], f"{split}_dropped": [dropped]}
+            else:
+                ids, labels, truncated = self.labeled_examples(records)
+                row |= {f"{split}_ids": _one_list(ids), f"{split}_label": _one_list(labels),
+                        f"{split}_truncated": [truncated], f"{split}_dropped": [0]}
+        return pa.table(row)
+
+    def check(self, record) -> str | None:
+        if self.record == "chat":
+            return check_chat(record)
+        if self.record == "summarize":
+            return check_summarize(record)
+        return check_labeled(record, self.labels, self.field_name, self.label_field)
+
+    def chat_examples(self, records: list) -> tuple[pa.Array, pa.Array, int, int]:
+        """(ids, loss mask, truncated, dropped): each record one example of seq_len + 1 tokens."""
+        width = self.seq_len + 1
+        ids, masks, truncated, dropped = [], [], 0, 0
+        for record in records:
+            cut = False
+            if self.record == "chat":
+                encoded = self.tok.encode_chat(record["messages"])
+            else:
+                encoded, cut = self.summarize_encoding(record, width)
+            example, mask = encoded.ids, encoded.assistant_mask
+            if len(example) > width:
+                if self.too_long == "drop" or not any(mask[:width]) or self.record == "summarize":
+                    dropped += 1  # truncating would leave no assistant token (or no whole summary) to learn from
+                    continue
+                example, mask = example[:width], mask[:width]
+                cut = True
+            truncated += cut
+            ids.append(pad(example, width, self.tok.pad_id))
+            masks.append(pad(mask, width, 0))
+        n = len(ids)
+        return (pa.array(np.asarray(ids, np.int32).reshape(n * width)),
+                pa.array(np.asarray(masks, np.int8).reshape(n * width)), truncated, dropped)
+
+    def summarize_encoding(self, record: dict, width: int) -> tuple:
+        """The summarize conversation; with too_long=truncate a long document is cut (at a token) until the
+        conversation fits, so the summary — what is learned — stays whole."""
+        encoded = self.tok.encode_chat(summarize_messages(record["document"], record["summary"]))
+        if len(encoded.ids) <= width or self.too_long != "truncate":
+            return encoded, False
+        document = self.tok.encode(record["document"])
+        keep = len(document) - (len(encoded.ids) - width)
+        while keep > 0:
+            encoded = self.tok.encode_chat(summarize_messages(self.tok.decode(document[:keep]), record["summary"]))
+            if len(encoded.ids) <= width:
+                return encoded, True
+            keep -= len(encoded.ids) - width  # decoding and encoding again may merge pieces differently
+        return encoded, True  # the summary alone is too long: dropped by the caller
+
+    def labeled_examples(self, records: list) -> tuple[pa.Array, pa.Array, int]:
+        """(ids, label indices, truncated): `<cls> text <sep>` padded to seq_len."""
+        ids, labels, truncated = [], [], 0
+        for record in records:
+            example, cut = classify_encoding(self.tok, record[self.field_name], self.seq_len)
+            truncated += cut
+            ids.append(pad(example, self.seq_len, self.tok.pad_id))
+            labels.append(self.labels.index(record[self.label_field]))
+        n = len(ids)
+        return (pa.array(np.asarray(ids, np.int32).reshape(n * self.seq_len)),
+                pa.array(np.asarray(labels, np.int32)), truncated)

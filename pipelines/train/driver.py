@@ -135,9 +135,16 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     return fit(cfg, stage=stage, manifest=manifest, init_from=init_from)
 
 
-def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None) -> TrainOutcome:
+def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, head: dict | None = None,
+        lora: dict | None = None, init_into: str = "base", meta: dict | None = None,
+        train_examples: int | None = None, callbacks: list | None = None) -> TrainOutcome:
     """Train on `manifest`'s shards after `preflight` and `check_worker_resources` passed (`init_from` as resolved
-    by `preflight`): checks the model against the shards, builds the datasets, fits, writes `final/`."""
+    by `preflight`): checks the model against the shards, builds the datasets, fits, writes `final/`.
+
+    Fine-tuning adds: `head` (a task head on the model, e.g. {"kind": "sequence_classifier", "num_labels": 7}),
+    `lora` (adapter settings; rank 0 = full fine-tuning), `init_into` ("base": init_from holds the model under
+    the head; "model": it holds the whole model), `meta` (recorded in every checkpoint's meta.json),
+    `train_examples` (train on the first N training examples only) and Ray Train `callbacks` (e.g. Tune's)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -145,8 +152,18 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None) -
     resources = {"CPU": trainer_cfg["cpus_per_worker"]} | ({"GPU": 1} if trainer_cfg["use_gpu"] else {})
     storage_path = storage.join(storage.root(cfg.run.root, "run.root"), stage)
     splits = manifest["splits"]
-    train = [ray.data.read_parquet(splits["train"]["files"])
-             for _ in range(data_passes(trainer_cfg, splits["train"]["examples"]))]
+    examples = splits["train"]["examples"]
+    if train_examples:
+        if train_examples > examples:
+            raise ConfigError(f"{train_examples} training examples asked for, the shards hold {examples} "
+                              f"({manifest['dir']})")
+        examples = train_examples
+
+    def read_train():
+        ds = ray.data.read_parquet(splits["train"]["files"])
+        return ds.limit(train_examples) if train_examples else ds
+
+    train = [read_train() for _ in range(data_passes(trainer_cfg, examples))]
     datasets = {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
     if splits["valid"]["files"]:
         datasets["valid"] = ray.data.read_parquet(splits["valid"]["files"])
@@ -160,6 +177,8 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None) -
         "special_ids": manifest["tokenizer"]["special_ids"], "tokenizer_vocab_size": manifest["tokenizer"]["vocab_size"],
         "first_ordinary_id": manifest["tokenizer"]["first_ordinary_id"],
         "tokenizer_model": storage.read_bytes(manifest["tokenizer"]["path"]), "shards": manifest["dir"],
+        "head": head, "lora": lora if lora and lora.get("rank") else None, "init_into": init_into,
+        "meta": meta or {},
     }
     trainer = TorchTrainer(
         train_func,
@@ -172,6 +191,7 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None) -
             failure_config=ray.train.FailureConfig(max_failures=trainer_cfg["max_failures"]),
             worker_runtime_env={"env_vars": worker_env()},
             logging_config=ray.train.LoggingConfig(log_level=trainer_cfg["ray_log_level"]),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         # The same block order on every run, so a resumed run skips the micro-batches it already trained on.

@@ -20,6 +20,7 @@ from (seed, rank, step) at every step, so nothing random needs saving and a resu
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import tempfile
@@ -33,6 +34,8 @@ import torch.distributed as dist
 
 from models import build_model, load_state, load_weights_into, save_checkpoint, save_state
 from models.checkpoint import unwrap_model
+from models.encoder import SequenceClassifier
+from models.lora import apply_lora, load_adapters, mark_only_lora_trainable, merge_lora, save_adapters
 from pipelines import storage
 from pipelines.errors import ConfigError
 from pipelines.train.objectives import objective_class, summarize
@@ -49,10 +52,13 @@ def train_func(config: dict[str, Any]) -> dict:
     if t["torch_threads"]:
         torch.set_num_threads(t["torch_threads"])
 
-    model = build_model(config["model"])
-    if config["init_from"]:
-        with storage.local_dir(config["init_from"]) as path:
-            load_weights_into(model, path)
+    model = construct(config, init_from=config["init_from"])
+    lora = config.get("lora") or {}
+    if rank == 0:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})"
+              + (f", LoRA rank {lora['rank']} on {list(lora['targets'])}" if lora.get("rank") else ""), flush=True)
     objective = objective_class(config["objective"]["name"])(model, config["objective"], config["special_ids"],
                                                              vocab_size=config["tokenizer_vocab_size"],
                                                              first_ordinary_id=config["first_ordinary_id"])
@@ -61,7 +67,10 @@ def train_func(config: dict[str, Any]) -> dict:
     resumed_state = None
     if checkpoint:
         with checkpoint.as_directory() as path:
-            load_weights_into(model, path)
+            if lora.get("rank"):  # the frozen base is init_from's; the checkpoint's adapters go on top
+                load_adapters(model, path)
+            else:
+                load_weights_into(model, path)
             resumed_state = load_state(os.path.join(path, TRAIN_STATE))
         start = resumed_state["position"]
         if rank == 0:
@@ -87,6 +96,36 @@ def train_func(config: dict[str, Any]) -> dict:
     if logger:
         logger.finish()
     return final | {"resumed_from_step": start["step"]}
+
+
+def construct(config: dict, *, init_from: str | None) -> torch.nn.Module:
+    """The model a run trains: the base model (`config["model"]`) with `init_from`'s weights, a task head
+    (`config["head"]`, e.g. a sequence classifier) and LoRA adapters (`config["lora"]`, rank 0 = none).
+
+    `config["init_into"]` says where the checkpoint's weights go: "base" (a pre-trained encoder under a new head)
+    or "model" (a checkpoint of this very model, head included)."""
+    model = build_model(config["model"])
+    head = config.get("head")
+
+    def load(target):
+        if init_from:
+            with storage.local_dir(init_from) as path:
+                load_weights_into(target, path)
+
+    if config.get("init_into", "base") == "base":
+        load(model)
+    if head:
+        if head["kind"] != "sequence_classifier":
+            raise ConfigError(f"unknown head {head['kind']!r}")
+        model = SequenceClassifier(model, head["num_labels"])
+    if config.get("init_into", "base") == "model":
+        load(model)
+    lora = config.get("lora") or {}
+    if lora.get("rank"):
+        apply_lora(model, rank=lora["rank"], alpha=lora["alpha"], dropout=lora["dropout"],
+                   targets=list(lora["targets"]))
+        mark_only_lora_trainable(model)
+    return model
 
 
 def is_sharded(t: dict, world: int) -> bool:
@@ -300,7 +339,7 @@ class Loop:
         optimizer = get_optimizer_state_dict(self.objective, self.optimizer, options=options)
         if self.rank != 0:
             return model, optimizer
-        full = build_model(self.c["model"])
+        full = construct(self.c, init_from=None)
         full.load_state_dict(weights)
         return full, optimizer
 
@@ -309,11 +348,17 @@ class Loop:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
+                lora = self.c.get("lora") or {}
+                if lora.get("rank"):
+                    # The adapters alone (what resuming needs: the frozen base is init_from's) and the merged
+                    # weights, a plain model any later stage loads.
+                    save_adapters(tmp, model, lora)
+                    model = merge_lora(copy.deepcopy(model))
                 save_checkpoint(tmp, model, tokenizer_model=self.c["tokenizer_model"],
                                 meta={"stage": self.c["stage"], "step": position["step"],
                                       "objective": self.c["objective"]["name"], "run": self.c["run_name"],
-                                      "shards": self.c["shards"],
-                                      "objective_config": self.c["objective"],
+                                      "shards": self.c["shards"], "seq_len": self.c["seq_len"],
+                                      "objective_config": self.c["objective"], **self.c.get("meta", {}),
                                       "metrics": {k: v for k, v in metrics.items() if isinstance(v, float)}})
                 save_state(os.path.join(tmp, TRAIN_STATE),
                            {"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),

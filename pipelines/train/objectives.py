@@ -14,6 +14,9 @@ Adding an objective is a class here, an entry in OBJECTIVES and a conf/objective
   the originals at all chosen positions (encoder).
 - `nsp`: is segment B the next sentence after A? (encoder, pooled first token).
 - `mlm_nsp`: the sum of both, on the same batch (BERT pre-training).
+- `sft`: next-token cross-entropy on the assistant tokens of padded chat examples only (`loss_mask`), averaged over
+  those tokens (decoder; instruction tuning and generative tasks). Each batch is trimmed to its longest example.
+- `classify`: cross-entropy of a sequence classifier's logits against the example's label (encoder plus head).
 """
 
 from __future__ import annotations
@@ -75,6 +78,76 @@ class CausalLM(nn.Module):
     @staticmethod
     def tokens(batch) -> int:
         return batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
+
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
+    """(mean cross-entropy over the positions where `mask` is set, their count): a target where the mask is 0
+    has no effect on the loss at all. logits (B, T, V), targets and mask (B, T)."""
+    weights = mask.float()
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    count = weights.sum()
+    return (losses * weights.flatten()).sum() / count.clamp(min=1), count
+
+
+def trim_padding(batch: Mapping[str, torch.Tensor], pad_id: int, names: tuple[str, ...]) -> dict:
+    """The token columns `names` cut to the batch's longest example (examples are right-padded with pad_id)."""
+    ids = batch["input_ids"]
+    length = int((ids != pad_id).sum(dim=1).max()) if ids.numel() else 0
+    length = max(length, 2)
+    return {name: batch[name][:, :length] for name in names}
+
+
+class SupervisedChat(nn.Module):
+    model_kind, shard_format, ppl_of = "decoder", "sft", "loss"
+    stat_names = ("loss",)
+    unused_parameters = False
+
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
+                 first_ordinary_id: int):
+        super().__init__()
+        self.model = model
+        self.pad_id = special_ids["pad"]
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.model.flops_per_token(seq_len)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
+        cut = trim_padding(batch, self.pad_id, ("input_ids", "loss_mask"))
+        ids, mask = cut["input_ids"].long(), cut["loss_mask"]  # (B, L + 1)
+        logits = self.model(ids[:, :-1])  # (B, L, V): right padding never reaches an earlier position
+        loss, count = masked_token_loss(logits, ids[:, 1:], mask[:, 1:])
+        return loss, {"loss": _stat(loss * count, count)}
+
+    def tokens(self, batch) -> int:
+        return int((batch["input_ids"] != self.pad_id).sum())
+
+
+class Classification(nn.Module):
+    model_kind, shard_format, ppl_of = "encoder", "classify", None
+    stat_names = ("loss", "acc")
+    unused_parameters = True  # the encoder's MLM and NSP heads
+
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
+                 first_ordinary_id: int):
+        super().__init__()
+        self.model = model
+        self.pad_id = special_ids["pad"]
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.model.encoder.flops_per_token(seq_len, decoded_fraction=0.0)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
+        ids = trim_padding(batch, self.pad_id, ("input_ids",))["input_ids"].long()
+        attention_mask = ids != self.pad_id
+        logits = self.model(ids, token_type_ids=torch.zeros_like(ids), attention_mask=attention_mask)
+        target = batch["label"].long()
+        loss = F.cross_entropy(logits.float(), target)
+        n = len(target)
+        return loss, {"loss": _stat(loss * n, n), "acc": _stat((logits.argmax(-1) == target).sum(), n)}
+
+    def tokens(self, batch) -> int:
+        return int((batch["input_ids"] != self.pad_id).sum())
 
 
 class PairObjective(nn.Module):
@@ -156,6 +229,7 @@ class MaskedLMNextSentence(PairObjective):
 
 OBJECTIVES: dict[str, type[nn.Module]] = {
     "clm": CausalLM, "mlm": MaskedLM, "nsp": NextSentence, "mlm_nsp": MaskedLMNextSentence,
+    "sft": SupervisedChat, "classify": Classification,
 }
 
 

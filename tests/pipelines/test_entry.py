@@ -56,7 +56,7 @@ def early_cases(tmp: Path, checkpoint: Path) -> list[tuple[list[str], dict, str]
          f"run {tmp}/runs/pretrain/done finished at step 20; raise trainer.max_steps (now 20) to continue"),
         (["model=decoder_tiny", "run.root=runs"], {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"},
          "run.root=runs is relative, and inside a Ray job it would land in the job's temporary working directory"),
-        (["model=decoder_tiny", "data.subset=legal"], {}, "data.subset must be one of ('general', 'medical'), got 'legal'"),
+        (["model=decoder_tiny", "data.subset=legal"], {}, "data.subset must be one of ['classify', 'general', 'instruct', 'medical', 'preference', 'summarize'], got 'legal'"),
         (["model=encoder_tiny", "objective=mlm", "model.max_seq_len=32"], {},
          "model.max_seq_len=32 is shorter than data.seq_len=128"),
         (["model=decoder_tiny"], {"RAY_ADDRESS": "http://127.0.0.1:8265"},

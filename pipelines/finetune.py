@@ -1,0 +1,195 @@
+"""Stage 3 — fine-tuning: `python -m pipelines.finetune finetune=<kind> init_from=runs/pretrain/<run>`.
+
+One stage for every kind (`conf/finetune/<kind>.yaml` picks the records, the objective and the head):
+- `instruct`  — instruction tuning (SFT) on chat records, loss on assistant tokens only (decoder);
+- `domain`    — continued causal-LM training on the medical corpus, perplexity before and after (decoder);
+- `summarize` — document -> summary as a chat turn, loss on the summary only (decoder);
+- `classify`  — a sequence classifier on a pre-trained encoder (`finetune.random_init=true`: the same model from
+                random weights, the baseline that shows what pre-training is worth).
+
+The recipe is pre-training's: check everything that needs no Ray (the checkpoint, its kind against the kind of
+fine-tuning, its tokenizer against given shards, LoRA settings, the run name), join Ray, build or reuse shards —
+always with the tokenizer saved in the `init_from` checkpoint, never a new one — and train with the shared Ray
+Train loop and driver. `finetune.lora.rank > 0` trains LoRA adapters only (decoders); `final/` then holds the
+merged weights (a plain model) and the adapters beside them. `init_from` may also be a Hugging Face Llama
+directory: it is converted once into `{run}/init/` (its tokenizer must be one of this project's: a
+`tokenizer.model` in the directory, or `tokenizer.path`). Runs land in `runs/finetune/<run.name>/final`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cluster.connect import connect
+from models.tokenizer import Tokenizer
+from pipelines import storage
+from pipelines.data.build import check_data_config, prepare_shards, record_labels
+from pipelines.data.shards import read_manifest
+from pipelines.entry import stage_main
+from pipelines.errors import CheckpointError, ConfigError, MissingPathError
+from pipelines.train.driver import (FINAL, TrainOutcome, check_config, check_worker_resources, fit, preflight,
+                                    print_summary, resolve_init_from, run_directory)
+
+log = logging.getLogger(__name__)
+# The model kind each kind of fine-tuning starts from.
+KINDS = {"instruct": "decoder", "domain": "decoder", "summarize": "decoder", "classify": "encoder"}
+TOKENIZER = "tokenizer.model"
+
+
+@dataclass
+class Plan:
+    """What `plan` found: the checkpoint to start from and how its weights are used."""
+
+    init_from: str  # a checkpoint directory of this project (converted when the user gave a HF directory)
+    base_kind: str  # "decoder" or "encoder": the model under any head
+    head: dict | None
+    init_into: str  # "base" or "model" (see pipelines/train/loop.py:construct)
+    tokenizer_sha256: str
+    lora: dict | None
+    meta: dict
+
+
+def is_hf_llama(path: str) -> bool:
+    config = storage.join(path, "config.json")
+    return storage.exists(config) and "model_type" in storage.read_json(config)
+
+
+def convert_hf(cfg: DictConfig, path: str) -> str:
+    """A HF Llama directory converted into this project's checkpoint under `{run}/init` (once); returns it."""
+    target = storage.join(run_directory(cfg, "finetune"), "init")
+    if storage.exists(storage.join(target, "model.safetensors")):
+        return target
+    tokenizer = cfg.tokenizer.path or (storage.join(path, TOKENIZER) if storage.exists(storage.join(path, TOKENIZER))
+                                       else None)
+    if not tokenizer:
+        raise CheckpointError(f"init_from={path} is a Hugging Face Llama directory without this project's "
+                              f"tokenizer.model: give tokenizer.path= (a tokenizer with the project's special tokens "
+                              f"and the model's vocabulary)")
+    try:
+        tok = Tokenizer(storage.read_bytes(storage.absolute(tokenizer)))
+    except (ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{tokenizer}: not a tokenizer of this project ({error}); give tokenizer.path=") from None
+    from models import import_hf_llama, save_checkpoint
+
+    with storage.local_dir(path) as local:
+        try:
+            model = import_hf_llama(local)
+        except ValueError as error:
+            raise CheckpointError(f"init_from={path}: {error}") from None
+    if model.cfg.vocab_size < tok.vocab_size:
+        raise CheckpointError(f"init_from={path} has {model.cfg.vocab_size} embeddings, fewer than the tokenizer's "
+                              f"{tok.vocab_size} pieces ({tokenizer})")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(tmp, model, tokenizer_model=tok.model_proto, meta={"stage": "hf_import", "source": path})
+        storage.upload_dir(tmp, target)
+    log.info("converted the Hugging Face Llama checkpoint %s into %s", path, target)
+    return target
+
+
+def plan(cfg: DictConfig) -> Plan:
+    """Every check that needs no Ray; fills in cfg.model (the checkpoint's) and cfg.tokenizer.path (its
+    tokenizer). Raises a one-line UserError on the first problem."""
+    kind = cfg.finetune.kind
+    if kind not in KINDS:
+        raise ConfigError(f"finetune.kind must be one of {sorted(KINDS)}, got {kind!r} (finetune=<kind>)")
+    if not cfg.init_from:
+        raise ConfigError("fine-tuning needs init_from= (a pre-trained run or checkpoint directory, or a Hugging Face "
+                          "Llama directory)")
+    source = storage.absolute(cfg.init_from)
+    if not storage.exists(source):
+        raise MissingPathError(f"init_from={cfg.init_from} does not exist")
+    path = convert_hf(cfg, source) if is_hf_llama(source) else resolve_init_from(source)
+    saved = storage.read_json(storage.join(path, "config.json"))
+    wanted = KINDS[kind]
+    head, init_into, base_kind = None, "base", saved["kind"]
+    if kind == "classify":
+        labels = record_labels(cfg.data)
+        head = {"kind": "sequence_classifier", "num_labels": len(labels)}
+        if saved["kind"] == "sequence_classifier":  # a classifier fine-tuned further
+            if saved["num_labels"] != len(labels):
+                raise CheckpointError(f"init_from={path} classifies {saved['num_labels']} labels, the data has "
+                                      f"{len(labels)} ({labels})")
+            base_kind, init_into = "encoder", "model"
+    if base_kind != wanted:
+        raise CheckpointError(f"finetune={kind} starts from a pre-trained {wanted}, but init_from={path} holds a "
+                              f"{saved['kind']}" + (" (pre-train one with objective=mlm_nsp model=encoder_tiny)"
+                                                    if wanted == "encoder" else ""))
+    if not storage.exists(storage.join(path, TOKENIZER)):
+        raise CheckpointError(f"init_from={path} has no tokenizer.model: fine-tuning uses the checkpoint's own "
+                              f"tokenizer")
+    tokenizer_path = storage.join(path, TOKENIZER)
+    tok_sha = Tokenizer(storage.read_bytes(tokenizer_path)).sha256
+    if cfg.tokenizer.path and not is_hf_llama(source) and \
+            Tokenizer(storage.read_bytes(storage.absolute(cfg.tokenizer.path))).sha256 != tok_sha:
+        raise CheckpointError(f"tokenizer.path={cfg.tokenizer.path} is not the tokenizer of init_from={path}; "
+                              f"fine-tuning always uses the checkpoint's tokenizer (drop tokenizer.path)")
+    model_cfg = {"kind": base_kind, **saved["config"]}
+    if base_kind == "decoder" and model_cfg["max_seq_len"] < cfg.data.seq_len:
+        model_cfg["max_seq_len"] = cfg.data.seq_len  # rotary positions: nothing to resize, only the bound
+    lora = OmegaConf.to_container(cfg.finetune.lora, resolve=True)
+    if not isinstance(lora["rank"], int) or lora["rank"] < 0:
+        raise ConfigError(f"finetune.lora.rank must be a whole number >= 0 (0 = full fine-tuning), got {lora['rank']!r}")
+    if lora["rank"]:
+        if base_kind != "decoder":
+            raise ConfigError(f"LoRA (finetune.lora.rank={lora['rank']}) is for decoder fine-tuning; "
+                              f"finetune={kind} trains an {base_kind}: set finetune.lora.rank=0")
+        if not lora["targets"]:
+            raise ConfigError("finetune.lora.targets is empty: name the linear layers to adapt (e.g. [q_proj, v_proj])")
+    with open_dict(cfg):
+        cfg.model = model_cfg
+        cfg.tokenizer.path = tokenizer_path
+    preflight(cfg, stage="finetune", init_from=path if init_into == "base" else None)
+    if cfg.shards:
+        manifest = given_shards(cfg, tok_sha)
+        if head and manifest.get("labels") != record_labels(cfg.data):
+            raise ConfigError(f"shards={cfg.shards} hold labels {manifest.get('labels')}, the data config "
+                              f"{record_labels(cfg.data)}")
+    else:
+        check_data_config(cfg)
+    meta = {"finetune": kind, "init_from": path, "random_init": bool(cfg.finetune.random_init)}
+    if head:
+        meta["labels"] = record_labels(cfg.data)
+    return Plan(init_from=path, base_kind=base_kind, head=head, init_into=init_into, tokenizer_sha256=tok_sha,
+                lora=lora if lora["rank"] else None, meta=meta)
+
+
+def given_shards(cfg: DictConfig, tokenizer_sha256: str) -> dict:
+    """The manifest of `shards=DIR`, checked against the model and the checkpoint's tokenizer."""
+    manifest = read_manifest(storage.absolute(cfg.shards))
+    if manifest is None:
+        raise MissingPathError(f"shards={cfg.shards}: no manifest.json there (build shards with python -m pipelines.data)")
+    if manifest["tokenizer"]["sha256"] != tokenizer_sha256:
+        raise CheckpointError(f"shards={cfg.shards} were built with another tokenizer ({manifest['tokenizer']['path']}) "
+                              f"than init_from's: token ids would mean other pieces; drop shards= to build them "
+                              f"with the checkpoint's tokenizer")
+    check_config(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.objective, resolve=True),
+                 manifest, cfg.data.seq_len)
+    return manifest
+
+
+def finetune(cfg: DictConfig, *, callbacks: list | None = None) -> TrainOutcome:
+    """Check, join Ray, build/reuse the shards with the checkpoint's tokenizer, train; returns the outcome."""
+    p = plan(cfg)
+    connect(cfg.cluster)
+    check_worker_resources(cfg)
+    manifest = given_shards(cfg, p.tokenizer_sha256) if cfg.shards else prepare_shards(cfg)
+    train = manifest["splits"]["train"]
+    log.info("fine-tuning (%s) on %d examples (%d dropped as too long, %d truncated)", cfg.finetune.kind,
+             train["examples"], train.get("dropped_too_long", 0), train.get("truncated", 0))
+    return fit(cfg, stage="finetune", manifest=manifest,
+               init_from=None if cfg.finetune.random_init else p.init_from, head=p.head, lora=p.lora,
+               init_into=p.init_into, meta=p.meta, train_examples=cfg.finetune.train_examples, callbacks=callbacks)
+
+
+@stage_main("finetune")
+def main(cfg: DictConfig) -> None:
+    outcome = finetune(cfg)
+    print_summary(outcome)
+
+
+if __name__ == "__main__":
+    main()
