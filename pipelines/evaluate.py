@@ -1,41 +1,74 @@
-"""Evaluation: `python -m pipelines.evaluate checkpoint=runs/pretrain/<run>` — what does the model know?
+"""Evaluation: `python -m pipelines.evaluate checkpoint=runs/pretrain/<run> [eval.suites=[cloze,qa]]`.
 
-- A decoder: cloze accuracy on the built-in facts (`eval/cloze.jsonl`: "The capital of France is" -> "Paris"):
-  greedy KV-cache completion of each prompt, counted correct when the completion starts with the answer as a whole
-  word (`answer_matches`); held-out entities (whose facts appear only in the pre-training corpus) are reported
-  separately — later stages compare against them. Plus perplexity on the validation split of the shards.
-- An encoder: its pre-training objective's validation metrics (MLM accuracy and perplexity, NSP accuracy).
+What does the model know, and can it do what it was fine-tuned for? An evaluation runs suites, each for one kind
+of checkpoint; `eval.suites` names them (null = by kind: decoder -> cloze, qa; sequence_classifier -> classify;
+encoder -> encoder):
 
-The shards are those the checkpoint was trained on (recorded in its meta) unless `shards=DIR` names others. The
-report is printed and written as `eval.json` beside the checkpoint's weights.
+- `cloze` (decoder): greedy completions of the built-in facts' cloze prompts ("The capital of France is" ->
+  "Paris"), correct when the completion starts with the answer as a whole word (`answer_matches`). Held-out
+  entities (whose facts appear only in the pre-training corpus) are reported apart: later stages compare on them.
+- `qa` (decoder): each question asked through the chat template, correct when the reply holds the answer as a
+  whole word (`answer_in_reply`); `format_ok` when the reply is one sentence closed by <|end|>. The held-out
+  questions are asked again as plain text ("Question: ...\\nAnswer:"): does a chat model still know what
+  pre-training taught? Beside it, a baseline that answers each relation with its most common answer.
+- `summarize` (decoder): ROUGE-L F1 of greedy summaries of the summarisation test set.
+- `ppl` (decoder): perplexity on the validation split of the general and medical corpora, tokenized with the
+  checkpoint's own tokenizer (shards built on Ray, or reused when a manifest matches).
+- `classify` (sequence_classifier): accuracy on the classification test set; label names and sequence length
+  come from the checkpoint's meta.json.
+- `encoder` (encoder): its pre-training objective's validation metrics (MLM accuracy and perplexity, NSP
+  accuracy) on the shards it was trained on, or on `shards=DIR`.
+
+The report is printed and written as `eval.json` beside the checkpoint's weights: {"checkpoint", "step", "stage",
+"kind", "<suite>": {...}, ...}. A later run replaces the sections of the suites it runs and keeps the others.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
+from rouge_score import rouge_scorer
 
 from models import load_checkpoint
 from models.build import model_spec
 from models.generate import generate
 from models.tokenizer import Tokenizer
 from pipelines import storage
+from pipelines.data import records
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
-from pipelines.errors import ConfigError, MissingPathError
+from pipelines.errors import CheckpointError, ConfigError, MissingPathError
 from pipelines.train.driver import resolve_init_from
 from pipelines.train.objectives import objective_class, summarize
 
 log = logging.getLogger(__name__)
 EVAL_FILE = "eval.json"
+DEFAULT_SUITES = {"decoder": ["cloze", "qa"], "sequence_classifier": ["classify"], "encoder": ["encoder"]}
+# What follows an answer for it to count as a whole word: no word character, nor ".5" / ",000" / ":30".
+ANSWER_END = r"(?!\w)(?![.,:;]\w)"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: what every suite reads."""
+
+    path: str
+    model: torch.nn.Module
+    tok: Tokenizer
+    meta: dict
+    kind: str
 
 
 def load_model(checkpoint: str) -> tuple[torch.nn.Module, Tokenizer, dict]:
@@ -52,42 +85,187 @@ def read_jsonl(path: str, limit: int | None = None) -> list[dict]:
     return items[:limit] if limit else items
 
 
+# ---- scoring rules (plain functions of strings) ----
+
 def answer_matches(completion: str, answer: str) -> bool:
     """Whether `completion` starts with `answer` as a whole word: "Paris." and "Paris, the" count for "Paris";
-    "metalloid." for "metal", "He." for "H", "26." and "2.5" for "2" do not. The rule of every exact-answer
-    evaluation here (cloze, question answering)."""
-    return re.match(re.escape(answer) + r"(?!\w)(?![.,:;]\w)", completion) is not None
+    "metalloid." for "metal", "He." for "H", "26." and "2.5" for "2" do not. The rule of cloze completions."""
+    return re.match(re.escape(answer) + ANSWER_END, completion) is not None
 
 
-@torch.no_grad()
+def normalize(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def answer_in_reply(reply: str, answer: str) -> bool:
+    """Whether `reply` holds `answer` as a whole word anywhere, ignoring case and spacing: "The capital of France
+    is Paris." holds "Paris"; "Parisian food" and "2.5" (for "2") do not. The rule of question answering."""
+    pattern = r"(?<!\w)" + re.escape(normalize(answer)) + ANSWER_END
+    return re.search(pattern, normalize(reply)) is not None
+
+
+def format_ok(reply: str, *, ended: bool) -> bool:
+    """A chat reply in the expected form: closed by <|end|> (`ended`) and one sentence — starting with an
+    uppercase letter or a digit, ending with ".", "!" or "?"."""
+    text = reply.strip()
+    return ended and bool(text) and (text[0].isupper() or text[0].isdigit()) and text[-1] in ".!?"
+
+
+def most_common_answers(items: list[dict]) -> dict[str, str]:
+    """{relation: its most common answer} (the first seen among equals): what guessing by relation says."""
+    counts: dict[str, Counter] = {}
+    for item in items:
+        counts.setdefault(item["relation"], Counter())[item["answer"]] += 1
+    return {relation: c.most_common(1)[0][0] for relation, c in counts.items()}
+
+
+def baseline(items: list[dict], guesses: dict[str, str]) -> dict:
+    """QA accuracy, seen and held-out, of replying to every question with its relation's guess."""
+    seen, held_out = split_held_out(
+        [{**item, "correct": answer_in_reply(guesses[item["relation"]], item["answer"])} for item in items])
+    return {"baseline_seen": rate(seen), "baseline_held_out": rate(held_out)}
+
+
+def rate(results: list[dict], key: str = "correct") -> float | None:
+    """The share of `results` whose `key` is true; None when there are none."""
+    return sum(bool(r[key]) for r in results) / len(results) if results else None
+
+
+def split_held_out(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(results about entities that fine-tuning data names, results about held-out ones: described only in the
+    pre-training corpus)."""
+    return [r for r in results if not r.get("held_out")], [r for r in results if r.get("held_out")]
+
+
+# ---- generation ----
+
+def greedy(model, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int], pad_id: int,
+           batch_size: int) -> list[tuple[list[int], int | None]]:
+    """Greedy continuations of `prompts` in batches: per prompt, (new tokens without the stop token, the stop
+    token that ended it or None)."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        gen = generate(model, prompts[i:i + batch_size], max_new_tokens=max_new_tokens, temperature=0.0,
+                       stop_ids=stop_ids, pad_id=pad_id)
+        for tokens, reason in zip(gen.tokens, gen.finish_reasons):
+            out.append((tokens[:-1], tokens[-1]) if reason == "stop" else (tokens, None))
+    return out
+
+
+def fitting(model, items: list[dict], prompt: Callable[[dict], list[int]], max_new_tokens: int,
+            what: str) -> tuple[list[dict], int]:
+    """The items whose prompt leaves room for `max_new_tokens` in the model's max_seq_len, and how many do not
+    (logged: they are left out)."""
+    room = model.cfg.max_seq_len - max_new_tokens
+    kept = [item for item in items if len(prompt(item)) <= room]
+    if len(kept) < len(items):
+        log.warning("%s: %d of %d prompts leave no room for %d new tokens in max_seq_len=%d; skipped", what,
+                    len(items) - len(kept), len(items), max_new_tokens, model.cfg.max_seq_len)
+    return kept, len(items) - len(kept)
+
+
+def chat_prompt(tok: Tokenizer, question: str) -> list[int]:
+    return tok.encode_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
+
+
+def plain_prompt(tok: Tokenizer, question: str) -> list[int]:
+    return tok.encode(f"Question: {question}\nAnswer:")
+
+
+def summary_prompt(tok: Tokenizer, document: str, room: int) -> tuple[list[int], bool]:
+    """The chat prompt asking for `document`'s summary in at most `room` tokens, and whether the document had to be
+    cut (at a token, as fine-tuning with data.too_long=truncate cuts it) to fit."""
+    ids = tok.encode_chat(records.summarize_messages(document), add_generation_prompt=True).ids
+    if len(ids) <= room:
+        return ids, False
+    pieces = tok.encode(document)
+    for keep in range(len(pieces) - (len(ids) - room), 0, -1):  # decoding and re-encoding may shift a token
+        ids = tok.encode_chat(records.summarize_messages(tok.decode(pieces[:keep])), add_generation_prompt=True).ids
+        if len(ids) <= room:
+            return ids, True
+    raise ConfigError(f"summarize: the instruction alone fills the {room} tokens that max_seq_len leaves beside "
+                      f"eval.summarize_max_new_tokens; lower it")
+
+
+# ---- suites: pure evaluations of a model on records ----
+
 def cloze(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int,
-          prefix_bos: bool) -> dict:
-    """Greedy completions of cloze prompts; accuracy overall and for seen / held-out entities.
+          prefix_bos: bool) -> list[dict]:
+    """Greedy completions of cloze prompts: each item with its "completion" and whether it is "correct".
 
     A cloze prompt is a sentence from the middle of a document. In pre-training <bos> only ever precedes a
     document's first sentence, so by default the prompt is given without it, as running text (as LAMBADA-style
     evaluations do); `prefix_bos` asks instead for the prompt as the start of a new document.
     """
-    results = []
     prefix = [tok.bos_id] if prefix_bos else []
+    prompts = [prefix + tok.encode(item["prompt"]) for item in items]
+    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
+                     batch_size=batch_size)
+    results = []
+    for item, (tokens, _) in zip(items, outputs):
+        completion = tok.decode(tokens).strip()
+        results.append({**item, "completion": completion, "correct": answer_matches(completion, item["answer"])})
+    return results
+
+
+def ask_chat(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> list[dict]:
+    """Each question as a single user turn of the chat template; the greedy reply up to <|end|>, scored.
+
+    A pre-trained model that ends the reply as a document (eos) stops there too; only <|end|> is format_ok.
+    """
+    prompts = [chat_prompt(tok, item["question"]) for item in items]
+    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=[tok.end_id, tok.eos_id],
+                     pad_id=tok.pad_id, batch_size=batch_size)
+    results = []
+    for item, (tokens, stop) in zip(items, outputs):
+        reply = tok.decode(tokens).strip()
+        results.append({**item, "reply": reply, "correct": answer_in_reply(reply, item["answer"]),
+                        "format_ok": format_ok(reply, ended=stop == tok.end_id)})
+    return results
+
+
+def ask_plain(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> list[dict]:
+    """Each question as running text, "Question: ...\\nAnswer:" (no chat tokens, no <bos>, as cloze prompts are);
+    the greedy completion up to eos, cut at its first newline, scored."""
+    prompts = [plain_prompt(tok, item["question"]) for item in items]
+    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
+                     batch_size=batch_size)
+    results = []
+    for item, (tokens, _) in zip(items, outputs):
+        reply = tok.decode(tokens).split("\n", 1)[0].strip()
+        results.append({**item, "reply": reply, "correct": answer_in_reply(reply, item["answer"])})
+    return results
+
+
+def summaries(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> list[dict]:
+    """Greedy summaries of `items` ({document, summary}) asked through the chat template, with ROUGE-L F1; a
+    document too long for the model's max_seq_len is cut ("truncated")."""
+    room = model.cfg.max_seq_len - max_new_tokens
+    encoded = [summary_prompt(tok, item["document"], room) for item in items]
+    outputs = greedy(model, [ids for ids, _ in encoded], max_new_tokens=max_new_tokens,
+                     stop_ids=[tok.end_id, tok.eos_id], pad_id=tok.pad_id, batch_size=batch_size)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    results = []
+    for item, (_, cut), (tokens, _) in zip(items, encoded, outputs):
+        reply = tok.decode(tokens).strip()
+        results.append({**item, "reply": reply, "rougeL": scorer.score(item["summary"], reply)["rougeL"].fmeasure,
+                        "truncated": cut})
+    return results
+
+
+@torch.no_grad()
+def classify(model, tok: Tokenizer, items: list[dict], *, labels: list[str], seq_len: int,
+             batch_size: int) -> list[dict]:
+    """Each {text, label} item with the "predicted" label of a sequence classifier and whether it is "correct"."""
+    results = []
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        prompts = [prefix + tok.encode(item["prompt"]) for item in chunk]
-        out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=[tok.eos_id],
-                       pad_id=tok.pad_id)
-        for item, tokens in zip(chunk, out.tokens):
-            completion = tok.decode([t for t in tokens if t != tok.eos_id]).strip()
-            results.append({**item, "completion": completion, "correct": answer_matches(completion, item["answer"])})
-    report = {"cloze_accuracy": _accuracy(results), "cloze_count": len(results), "examples": results}
-    for name, held in (("seen", False), ("held_out", True)):
-        subset = [r for r in results if bool(r.get("held_out")) == held]
-        if subset:
-            report[f"cloze_accuracy_{name}"] = _accuracy(subset)
-    return report
-
-
-def _accuracy(results: list[dict]) -> float:
-    return sum(r["correct"] for r in results) / max(1, len(results))
+        ids = torch.tensor([records.pad(records.classify_ids(tok, item["text"], seq_len), seq_len, tok.pad_id)
+                            for item in chunk])  # (B, seq_len)
+        predicted = model(ids, attention_mask=ids != tok.pad_id).argmax(dim=-1)  # (B,)
+        results += [{**item, "predicted": labels[p], "correct": labels[p] == item["label"]}
+                    for item, p in zip(chunk, predicted.tolist())]
+    return results
 
 
 def shard_batches(files: list[str], columns: list[str], batch_size: int, max_batches: int | None):
@@ -142,6 +320,120 @@ def encoder_metrics(model, meta: dict, manifest: dict, *, batch_size: int, max_b
     return {f"val_{k}": v for k, v in summarize(totals, objective.ppl_of).items()}
 
 
+# ---- suites: a checkpoint and the config -> one section of the report ----
+
+def builtin_file(cfg: DictConfig, *parts: str) -> str:
+    from pipelines.data.build import builtin_corpus  # imports Ray: only when the built-in corpus is used
+
+    return storage.join(builtin_corpus(cfg.data), *parts)
+
+
+def eval_file(cfg: DictConfig, setting: str, builtin: str, fields: str) -> str:
+    """The file `eval.<setting>` names, else the built-in corpus's `builtin`."""
+    path = cfg.eval[setting] or builtin_file(cfg, builtin)
+    if not storage.exists(path):
+        raise MissingPathError(f"eval.{setting}={path} does not exist (jsonl: {fields})")
+    return path
+
+
+def run_cloze(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+    e = cfg.eval
+    items = read_jsonl(eval_file(cfg, "cloze_path", "eval/cloze.jsonl", "prompt, answer, held_out"), e.cloze_limit)
+    results = cloze(ckpt.model, ckpt.tok, items, max_new_tokens=e.cloze_max_new_tokens, batch_size=e.batch_size,
+                    prefix_bos=e.prefix_bos)
+    seen, held_out = split_held_out(results)
+    return {"accuracy": rate(results), "seen": rate(seen), "held_out": rate(held_out), "count": len(results),
+            "samples": results[:e.samples]}
+
+
+def run_qa(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+    e, model, tok = cfg.eval, ckpt.model, ckpt.tok
+    everything = read_jsonl(eval_file(cfg, "qa_path", "eval/qa.jsonl", "question, answer, relation, held_out"))
+    items = everything[:e.qa_limit] if e.qa_limit else everything
+    kept, skipped = fitting(model, items, lambda item: chat_prompt(tok, item["question"]), e.qa_max_new_tokens,
+                            "qa")
+    plain_items, _ = fitting(model, split_held_out(kept)[1], lambda item: plain_prompt(tok, item["question"]),
+                             e.qa_max_new_tokens, "qa (plain)")
+    chat = ask_chat(model, tok, kept, max_new_tokens=e.qa_max_new_tokens, batch_size=e.batch_size)
+    plain = ask_plain(model, tok, plain_items, max_new_tokens=e.qa_max_new_tokens, batch_size=e.batch_size)
+    seen, held_out = split_held_out(chat)
+    relations = sorted({r["relation"] for r in chat})
+    return {"seen": rate(seen), "held_out": rate(held_out), "format_ok": rate(chat, "format_ok"),
+            "plain_held_out": rate(plain), "count": len(chat), "skipped": skipped,
+            "per_relation": {rel: rate([r for r in chat if r["relation"] == rel]) for rel in relations},
+            **baseline(kept, most_common_answers(everything)),
+            "samples": chat[:e.samples], "plain_samples": plain[:e.samples]}
+
+
+def run_summarize(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+    e = cfg.eval
+    items = read_jsonl(eval_file(cfg, "summarize_path", "task/summarize_test.jsonl", "document, summary"),
+                       e.summarize_limit)
+    results = summaries(ckpt.model, ckpt.tok, items, max_new_tokens=e.summarize_max_new_tokens,
+                        batch_size=e.batch_size)
+    mean = sum(r["rougeL"] for r in results) / len(results) if results else None
+    return {"rougeL": mean, "count": len(results), "truncated": sum(r["truncated"] for r in results),
+            "samples": results[:e.samples]}
+
+
+def run_classify(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+    labels, seq_len = ckpt.meta.get("labels"), ckpt.meta.get("seq_len")
+    if not labels or not seq_len:
+        raise CheckpointError(f"{ckpt.path}/meta.json has no \"labels\" (class names) or \"seq_len\": the classify "
+                              f"suite needs the checkpoint of a classification fine-tune")
+    items = read_jsonl(eval_file(cfg, "classify_path", "task/classify_test.jsonl", "text, label"))
+    known = [item for item in items if item["label"] in labels]
+    results = classify(ckpt.model, ckpt.tok, known, labels=list(labels), seq_len=seq_len,
+                       batch_size=cfg.eval.batch_size)
+    return {"accuracy": rate(results), "count": len(results), "skipped": len(items) - len(known)}
+
+
+PPL_SUBSETS = ("general", "medical")
+
+
+def ppl_shards_config(cfg: DictConfig, subset: str, tokenizer_path: str) -> DictConfig:
+    """The data stage's config for causal-LM shards of the built-in `subset`'s documents, tokenized with the
+    checkpoint's tokenizer (data sizes, seq_len and root as `cfg` says)."""
+    data_cfg = copy.deepcopy(cfg)
+    with open_dict(data_cfg):
+        data_cfg.data.subset = subset
+        data_cfg.data.record = "text"  # documents, whatever records the stage that called us reads
+        data_cfg.tokenizer.path = tokenizer_path
+        data_cfg.objective = {"name": "clm", "shard_format": "clm"}
+        data_cfg.force = False
+    return data_cfg
+
+
+def run_ppl(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+    from cluster.connect import connect  # Ray: only when shards are built
+    from pipelines.data.build import prepare_shards
+
+    if cfg.data.source != "builtin":
+        raise ConfigError(f"the ppl suite measures the built-in corpus's {' and '.join(PPL_SUBSETS)} documents; "
+                          f"data.source={cfg.data.source} has neither (use data=builtin)")
+    connect(cfg.cluster)
+    section = {}
+    for subset in PPL_SUBSETS:
+        manifest = prepare_shards(ppl_shards_config(cfg, subset, storage.join(ckpt.path, "tokenizer.model")))
+        files = manifest["splits"]["valid"]["files"]
+        if not files:
+            log.warning("%s (%s) has no validation examples: no %s perplexity", manifest["dir"], subset, subset)
+            continue
+        section[subset] = perplexity(ckpt.model, files, batch_size=cfg.eval.batch_size,
+                                     max_batches=cfg.eval.ppl_batches)
+    return section
+
+
+def run_encoder(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+    manifest = checkpoint_shards(ckpt.meta, shards, checkpoint=ckpt.path)
+    if not manifest or manifest["format"] != "pairs" or not manifest["splits"]["valid"]["files"]:
+        raise ConfigError(f"evaluating the encoder {ckpt.path} needs sentence-pair shards with a validation "
+                          f"split: pass shards=DIR (built with python -m pipelines.data objective=mlm_nsp)")
+    metrics = encoder_metrics(ckpt.model, ckpt.meta, manifest, batch_size=cfg.eval.batch_size,
+                              max_batches=cfg.eval.ppl_batches)
+    return metrics | {"shards": manifest["dir"]}
+
+
 def checkpoint_shards(meta: dict, shards: str | None, *, checkpoint: str) -> dict | None:
     """The manifest of `shards`, else of the shards the checkpoint was trained on; None when neither is known."""
     where = storage.absolute(shards) if shards else meta.get("shards")
@@ -154,68 +446,120 @@ def checkpoint_shards(meta: dict, shards: str | None, *, checkpoint: str) -> dic
     return manifest
 
 
-def builtin_eval_file(cfg: DictConfig, name: str) -> str:
-    from pipelines.data.build import builtin_corpus
+Runner = Callable[..., dict]
+# Suite name -> (the kind of checkpoint it evaluates, what runs it).
+SUITES: dict[str, tuple[str, Runner]] = {
+    "cloze": ("decoder", run_cloze),
+    "qa": ("decoder", run_qa),
+    "summarize": ("decoder", run_summarize),
+    "ppl": ("decoder", run_ppl),
+    "classify": ("sequence_classifier", run_classify),
+    "encoder": ("encoder", run_encoder),
+}
 
-    return storage.join(builtin_corpus(cfg.data), "eval", name)
+
+def choose_suites(kind: str, suites) -> list[str]:
+    """The suites to run on a checkpoint of `kind` (None = its default ones), each checked to apply to it."""
+    if suites is None:
+        if kind not in DEFAULT_SUITES:
+            raise ConfigError(f"no evaluation suites for a {kind} checkpoint (suites exist for "
+                              f"{', '.join(DEFAULT_SUITES)})")
+        return DEFAULT_SUITES[kind]
+    for name in suites:
+        if name not in SUITES:
+            raise ConfigError(f"eval.suites: unknown suite {name!r} (one of {', '.join(SUITES)})")
+        if SUITES[name][0] != kind:
+            raise ConfigError(f"eval.suites: the {name} suite evaluates a {SUITES[name][0]} checkpoint, "
+                              f"not a {kind}")
+    return list(suites)
 
 
-def evaluate(cfg: DictConfig, checkpoint: str, *, shards: str | None = None) -> dict:
-    """Evaluate the checkpoint (or run directory) `checkpoint`; writes and returns the report."""
-    ecfg = cfg.eval
+def previous_sections(path: str, meta: dict) -> dict:
+    """The suite sections of an eval.json already at `path`, if it was written for this same checkpoint."""
+    if not storage.exists(path):
+        return {}
+    previous = storage.read_json(path)
+    if (previous.get("step"), previous.get("stage")) != (meta.get("step"), meta.get("stage")):
+        log.warning("%s was written for another checkpoint (step %s of %s): its sections are dropped", path,
+                    previous.get("step"), previous.get("stage"))
+        return {}
+    return {name: section for name, section in previous.items() if name in SUITES}
+
+
+def evaluate(cfg: DictConfig, checkpoint: str, *, shards: str | None = None, suites=None) -> dict:
+    """Run `suites` (None = eval.suites, and null there = the checkpoint kind's default) on the checkpoint (or run
+    directory) `checkpoint`; the encoder suite reads `shards` (None = the `shards` setting). Updates the
+    checkpoint's eval.json with their sections and returns the whole report."""
     checkpoint = resolve_init_from(checkpoint, setting="checkpoint")
     model, tok, meta = load_model(checkpoint)
     kind = model_spec(model)["kind"]
-    manifest = checkpoint_shards(meta, shards or cfg.shards, checkpoint=checkpoint)
-    check_shards(kind, manifest, checkpoint)
-    valid = manifest["splits"]["valid"]["files"] if manifest else []
-    if manifest and not valid:
-        log.warning("%s has no validation examples: no perplexity", manifest["dir"])
-    report = {"checkpoint": checkpoint, "step": meta.get("step"), "stage": meta.get("stage"), "kind": kind}
-    if kind == "decoder":
-        cloze_path = ecfg.cloze_path or builtin_eval_file(cfg, "cloze.jsonl")
-        if not storage.exists(cloze_path):
-            raise MissingPathError(f"eval.cloze_path={cloze_path} does not exist (jsonl: prompt, answer, held_out)")
-        report |= cloze(model, tok, read_jsonl(cloze_path, ecfg.cloze_limit), max_new_tokens=ecfg.max_new_tokens,
-                        batch_size=ecfg.batch_size, prefix_bos=ecfg.prefix_bos)
-        if valid:
-            report["val_ppl"] = perplexity(model, valid, batch_size=ecfg.batch_size, max_batches=ecfg.ppl_batches)
-    else:
-        report |= encoder_metrics(model, meta, manifest, batch_size=ecfg.batch_size, max_batches=ecfg.ppl_batches)
-    if manifest:
-        report["shards"] = manifest["dir"]
-    storage.write_json(storage.join(checkpoint, EVAL_FILE), report)
+    names = choose_suites(kind, suites if suites is not None else cfg.eval.suites)
+    ckpt = Checkpoint(checkpoint, model, tok, meta, kind)
+    sections = {}
+    for name in names:
+        log.info("evaluating %s: %s", checkpoint, name)
+        sections[name] = SUITES[name][1](cfg, ckpt, shards=shards or cfg.shards)
+    path = storage.join(checkpoint, EVAL_FILE)
+    report = {"checkpoint": checkpoint, "step": meta.get("step"), "stage": meta.get("stage"), "kind": kind,
+              **previous_sections(path, meta), **sections}
+    storage.write_json(path, report)
     return report
 
 
-def check_shards(kind: str, manifest: dict | None, checkpoint: str) -> None:
-    """The model can be evaluated on these shards (before any evaluation runs)."""
-    if kind == "decoder":
-        if manifest and manifest["format"] != "clm":
-            raise ConfigError(f"{manifest['dir']} holds {manifest['format']!r} shards: a decoder's perplexity "
-                              f"needs causal-LM (clm) shards; pass shards=DIR")
-    elif kind == "encoder":
-        if not manifest or manifest["format"] != "pairs" or not manifest["splits"]["valid"]["files"]:
-            raise ConfigError(f"evaluating the encoder {checkpoint} needs sentence-pair shards with a validation "
-                              f"split: pass shards=DIR (built with python -m pipelines.data objective=mlm_nsp)")
-    else:
-        raise ConfigError(f"{checkpoint} holds a {kind}; this stage evaluates decoders and encoders")
+# ---- the printed report ----
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def print_report(report: dict, *, show: int) -> None:
-    if report["kind"] == "encoder":
-        print(" | ".join(f"{k} {v:.4g}" for k, v in sorted(report.items()) if k.startswith("val_")))
-        return
-    for r in report["examples"][:show]:
-        mark = "ok " if r["correct"] else "MISS"
-        print(f"  [{mark}] {r['prompt']} -> {r['completion']!r} (answer: {r['answer']})")
-    line = f"cloze accuracy: {report['cloze_accuracy']:.1%} of {report['cloze_count']}"
-    for name in ("seen", "held_out"):
-        if f"cloze_accuracy_{name}" in report:
-            line += f" | {name}: {report[f'cloze_accuracy_{name}']:.1%}"
-    if "val_ppl" in report:
-        line += f" | validation perplexity: {report['val_ppl']:.2f}"
-    print(line)
+    """A compact table of the report's sections, and the first `show` samples of each."""
+    print(f"{report['checkpoint']}: {report['kind']}, {report['stage'] or 'no stage'} step {report['step']}")
+    for name in SUITES:
+        if name in report:
+            PRINTERS[name](report[name], show)
+
+
+def print_cloze(s: dict, show: int) -> None:
+    for r in s["samples"][:show]:
+        print(f"  [{'ok ' if r['correct'] else 'MISS'}] {r['prompt']} -> {r['completion']!r} (answer: {r['answer']})")
+    print(f"{'cloze':<10} accuracy {percent(s['accuracy'])} of {s['count']} | seen {percent(s['seen'])} | "
+          f"held-out {percent(s['held_out'])}")
+
+
+def print_qa(s: dict, show: int) -> None:
+    for r in s["samples"][:show]:
+        print(f"  [{'ok ' if r['correct'] else 'MISS'}] {r['question']} -> {r['reply']!r} (answer: {r['answer']})")
+    print(f"{'qa':<10} seen {percent(s['seen'])} | held-out {percent(s['held_out'])} | "
+          f"plain held-out {percent(s['plain_held_out'])} | format ok {percent(s['format_ok'])} | of {s['count']}")
+    print(f"{'  guess':<10} seen {percent(s['baseline_seen'])} | held-out {percent(s['baseline_held_out'])} "
+          f"(each relation's most common answer)")
+    print("  by relation: " + ", ".join(f"{k} {percent(v)}" for k, v in s["per_relation"].items()))
+
+
+def print_summarize(s: dict, show: int) -> None:
+    for r in s["samples"][:show]:
+        print(f"  [{r['rougeL']:.2f}] {r['reply']!r} (reference: {r['summary']!r})")
+    rouge = "-" if s["rougeL"] is None else f"{s['rougeL']:.3f}"
+    cut = f" ({s['truncated']} documents cut to fit max_seq_len)" if s["truncated"] else ""
+    print(f"{'summarize':<10} ROUGE-L F1 {rouge} of {s['count']}{cut}")
+
+
+def print_classify(s: dict, show: int) -> None:
+    skipped = f" ({s['skipped']} with labels the model does not know skipped)" if s["skipped"] else ""
+    print(f"{'classify':<10} accuracy {percent(s['accuracy'])} of {s['count']}{skipped}")
+
+
+def print_ppl(s: dict, show: int) -> None:
+    print(f"{'ppl':<10} " + (" | ".join(f"{k} {v:.2f}" for k, v in s.items()) or "no validation examples"))
+
+
+def print_encoder(s: dict, show: int) -> None:
+    print(f"{'encoder':<10} " + " | ".join(f"{k} {v:.4g}" for k, v in sorted(s.items()) if k.startswith("val_")))
+
+
+PRINTERS = {"cloze": print_cloze, "qa": print_qa, "summarize": print_summarize, "classify": print_classify,
+            "ppl": print_ppl, "encoder": print_encoder}
 
 
 @stage_main("evaluate")
