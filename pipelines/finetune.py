@@ -31,7 +31,7 @@ from pipelines.data.build import check_data_config, prepare_shards, record_label
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
 from pipelines.errors import CheckpointError, ConfigError, MissingPathError
-from pipelines.train.driver import (FINAL, TrainOutcome, check_config, check_worker_resources, fit, preflight,
+from pipelines.train.driver import (TrainOutcome, check_config, check_worker_resources, fit, preflight,
                                     print_summary, resolve_init_from, run_directory)
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def plan(cfg: DictConfig) -> Plan:
     kind = cfg.finetune.kind
     if kind not in KINDS:
         raise ConfigError(f"finetune.kind must be one of {sorted(KINDS)}, got {kind!r} (finetune=<kind>)")
-    if not cfg.init_from:
+    if OmegaConf.is_missing(cfg, "init_from") or not cfg.init_from:
         raise ConfigError("fine-tuning needs init_from= (a pre-trained run or checkpoint directory, or a Hugging Face "
                           "Llama directory)")
     source = storage.absolute(cfg.init_from)

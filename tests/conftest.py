@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_conf import CONF
+from tests_conf import CONF, TINY_TRAIN
 
 
 @pytest.fixture(scope="session")
@@ -94,10 +94,6 @@ def pairs_manifest(ray_cluster, small_overrides) -> dict:
 def pytest_configure(config):
     os.environ.setdefault("WANDB_MODE", "offline")
 
-
-# Small training runs: one worker, a few steps, fractional CPUs so Ray Data's tasks always find one.
-TINY_TRAIN = ["trainer.micro_batch_size=8", "trainer.log_every=5", "trainer.eval_every=1000", "trainer.eval_batches=4",
-              "trainer.warmup_steps=5", "trainer.lr=3e-3", "trainer.cpus_per_worker=0.4"]
 
 
 @pytest.fixture(scope="session")
