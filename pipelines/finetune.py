@@ -51,6 +51,7 @@ class Plan:
     tokenizer_sha256: str
     lora: dict | None
     meta: dict
+    replay: dict | None
 
 
 def is_hf_llama(path: str) -> bool:
@@ -150,11 +151,35 @@ def plan(cfg: DictConfig) -> Plan:
                               f"{record_labels(cfg.data)}")
     else:
         check_data_config(cfg)
-    meta = {"finetune": kind, "init_from": path, "random_init": bool(cfg.finetune.random_init)}
+    replay = replay_shards(cfg, path, tok_sha)
+    meta = {"finetune": kind, "init_from": path, "random_init": bool(cfg.finetune.random_init),
+            "replay": replay["share"] if replay else 0.0}
     if head:
         meta["labels"] = record_labels(cfg.data)
     return Plan(init_from=path, base_kind=base_kind, head=head, init_into=init_into, tokenizer_sha256=tok_sha,
-                lora=lora if lora["rank"] else None, meta=meta)
+                lora=lora if lora["rank"] else None, meta=meta, replay=replay)
+
+
+def replay_shards(cfg: DictConfig, init_from: str, tokenizer_sha256: str) -> dict | None:
+    """`finetune.replay` > 0: the training blocks of the causal-LM shards init_from was pre-trained on, mixed into
+    chat fine-tuning so that what pre-training taught (facts of entities fine-tuning never mentions) is rehearsed."""
+    share = cfg.finetune.replay
+    if not share:
+        return None
+    if not 0 < share < 1 or cfg.objective.shard_format != "sft":
+        raise ConfigError(f"finetune.replay={share}: a share in (0, 1) of pre-training text mixed into chat "
+                          f"fine-tuning (finetune=instruct or summarize); set 0 for finetune={cfg.finetune.kind}")
+    meta_file = storage.join(init_from, "meta.json")
+    where = storage.read_json(meta_file).get("shards") if storage.exists(meta_file) else None
+    manifest = read_manifest(where) if where else None
+    if not manifest or manifest["format"] != "clm" or manifest["tokenizer"]["sha256"] != tokenizer_sha256:
+        raise ConfigError(f"finetune.replay needs the causal-LM shards init_from={init_from} was pre-trained on "
+                          f"(its meta.json names {where!r}); set finetune.replay=0")
+    if manifest["seq_len"] + 1 > cfg.data.seq_len + 1:
+        log.warning("replayed blocks of %d tokens are cut to data.seq_len + 1 = %d", manifest["seq_len"] + 1,
+                    cfg.data.seq_len + 1)
+    train = manifest["splits"]["train"]
+    return {"files": train["files"], "examples": train["examples"], "share": float(share)}
 
 
 def given_shards(cfg: DictConfig, tokenizer_sha256: str) -> dict:
@@ -182,7 +207,8 @@ def finetune(cfg: DictConfig, *, callbacks: list | None = None) -> TrainOutcome:
              train["examples"], train.get("dropped_too_long", 0), train.get("truncated", 0))
     return fit(cfg, stage="finetune", manifest=manifest,
                init_from=None if cfg.finetune.random_init else p.init_from, head=p.head, lora=p.lora,
-               init_into=p.init_into, meta=p.meta, train_examples=cfg.finetune.train_examples, callbacks=callbacks)
+               init_into=p.init_into, meta=p.meta, train_examples=cfg.finetune.train_examples, replay=p.replay,
+               callbacks=callbacks)
 
 
 @stage_main("finetune")

@@ -17,6 +17,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.train
@@ -137,14 +139,17 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
 
 def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, head: dict | None = None,
         lora: dict | None = None, init_into: str = "base", meta: dict | None = None,
-        train_examples: int | None = None, callbacks: list | None = None) -> TrainOutcome:
+        train_examples: int | None = None, replay: dict | None = None,
+        callbacks: list | None = None) -> TrainOutcome:
     """Train on `manifest`'s shards after `preflight` and `check_worker_resources` passed (`init_from` as resolved
     by `preflight`): checks the model against the shards, builds the datasets, fits, writes `final/`.
 
     Fine-tuning adds: `head` (a task head on the model, e.g. {"kind": "sequence_classifier", "num_labels": 7}),
     `lora` (adapter settings; rank 0 = full fine-tuning), `init_into` ("base": init_from holds the model under
     the head; "model": it holds the whole model), `meta` (recorded in every checkpoint's meta.json),
-    `train_examples` (train on the first N training examples only) and Ray Train `callbacks` (e.g. Tune's)."""
+    `train_examples` (train on the first N training examples only), `replay` (pre-training text mixed into `sft`
+    training: {"files": CLM shard files, "examples": their count, "share": of the training examples}) and Ray
+    Train `callbacks` (e.g. Tune's)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -159,11 +164,21 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
                               f"({manifest['dir']})")
         examples = train_examples
 
-    def read_train():
-        ds = ray.data.read_parquet(splits["train"]["files"])
-        return ds.limit(train_examples) if train_examples else ds
+    extra = round(examples * replay["share"] / (1 - replay["share"])) if replay else 0
 
-    train = [read_train() for _ in range(data_passes(trainer_cfg, examples))]
+    def read_train(i: int):
+        ds = ray.data.read_parquet(splits["train"]["files"])
+        ds = ds.limit(train_examples) if train_examples else ds
+        if not extra:
+            return ds
+        # Each pass draws its own sample of pre-training blocks, and the two kinds are shuffled together.
+        blocks = ray.data.read_parquet(replay["files"]).random_sample(
+            min(1.0, extra / max(1, replay["examples"])), seed=trainer_cfg["seed"] + i)
+        blocks = blocks.map_batches(as_sft_rows, fn_kwargs={"width": manifest["seq_len"] + 1},
+                                    batch_format="pyarrow", batch_size=1024)
+        return ds.union(blocks).random_shuffle(seed=trainer_cfg["seed"] + i)
+
+    train = [read_train(i) for i in range(data_passes(trainer_cfg, examples + extra))]
     datasets = {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
     if splits["valid"]["files"]:
         datasets["valid"] = ray.data.read_parquet(splits["valid"]["files"])
@@ -211,6 +226,19 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
     storage.write_json(storage.join(final_dir, "metrics.json"),
                        {"stage": stage, "run": cfg.run.name, "checkpoint": result.checkpoint.path, **metrics})
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
+
+
+def as_sft_rows(batch: pa.Table, *, width: int) -> pa.Table:
+    """Causal-LM blocks as `sft` rows of `width` tokens: right-padded (or cut), every real token trained on."""
+    ids = batch.column("input_ids").combine_chunks()
+    block = ids.type.list_size
+    tokens = ids.flatten().to_numpy().reshape(len(ids), block)[:, :width]
+    padded = np.zeros((len(ids), width), np.int32)
+    padded[:, : tokens.shape[1]] = tokens
+    mask = np.zeros((len(ids), width), np.int8)
+    mask[:, : tokens.shape[1]] = 1
+    return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(pa.array(padded.reshape(-1)), width),
+                     "loss_mask": pa.FixedSizeListArray.from_arrays(pa.array(mask.reshape(-1)), width)})
 
 
 def check_resume(run_dir: str, model_cfg: dict, max_steps: int) -> None:

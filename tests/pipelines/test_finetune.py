@@ -13,6 +13,7 @@ import torch
 
 from models import load_checkpoint
 from models.tokenizer import Tokenizer
+from pipelines.corpus.tasks import TOPICS
 from pipelines.data.tokenize import TokenizeBatch
 from pipelines.errors import BadRecordError, CheckpointError, ConfigError
 from pipelines.train.objectives import SupervisedChat, masked_token_loss
@@ -115,7 +116,7 @@ def instruct_lora(compose_config, ft_overrides, pretrained_decoder):
 
     cfg = ft_config(compose_config, ft_overrides, "instruct", pretrained_decoder.run_dir, "instruct-lora",
                     ["finetune.lora.rank=8", "finetune.lora.targets=[q_proj,v_proj]", "trainer.max_steps=30",
-                     "trainer.lr=3e-3", "data.seq_len=96"])
+                     "trainer.lr=3e-3", "data.seq_len=96", "finetune.replay=0.3"])
     return finetune(cfg)
 
 
@@ -126,6 +127,7 @@ def test_instruct_with_lora_trains_only_the_adapters_and_saves_merged_weights(in
     final = Path(instruct_lora.final_dir)
     meta = json.loads((final / "meta.json").read_text())
     assert meta["finetune"] == "instruct" and meta["stage"] == "finetune"
+    assert meta["replay"] == 0.3  # pre-training blocks were mixed in (the loss fell on both kinds together)
     shards = json.loads((Path(meta["shards"]) / "manifest.json").read_text())
     assert shards["record"] == "chat" and shards["splits"]["train"]["examples"] > 100
     assert "dropped_too_long" in shards["splits"]["train"]  # counted, whatever the number
@@ -212,7 +214,7 @@ def test_classify_with_few_labels_pretraining_beats_random_init(compose_config, 
                          "trainer.lr=2e-3", "trainer.micro_batch_size=16", "trainer.log_every=50"])
         outcome = finetune(cfg)
         meta = json.loads((Path(outcome.final_dir) / "meta.json").read_text())
-        assert meta["random_init"] is random_init and len(meta["labels"]) == 7
+        assert meta["random_init"] is random_init and meta["labels"] == list(TOPICS)
         ecfg = compose_config("evaluate", [*data, f"checkpoint={outcome.final_dir}"])
         accuracy[random_init] = evaluate(ecfg, ecfg.checkpoint, suites=["classify"])["classify"]["accuracy"]
     print(f"few-label (50) topic accuracy: pre-trained {accuracy[False]:.1%}, random init {accuracy[True]:.1%}")
