@@ -114,11 +114,10 @@ def pretrained_decoder(ray_cluster, clm_manifest, small_overrides, session_runs)
 
 @pytest.fixture(scope="session")
 def pretrained_encoder(ray_cluster, pairs_manifest, small_overrides, session_runs):
-    """A tiny encoder pre-trained with MLM + NSP for 150 steps (TrainOutcome): enough for its representations to
-    carry the topic of a sentence, which few-label classification shows."""
+    """A tiny encoder pre-trained with MLM + NSP for 60 steps (TrainOutcome): the start of classification tests."""
     from pipelines.train.driver import run_training
 
     cfg = compose("pretrain", [*small_overrides, *TINY_TRAIN, f"run.root={session_runs}", "run.name=encoder",
-                               "objective=mlm_nsp", "model=encoder_tiny", "trainer.max_steps=150",
-                               "trainer.micro_batch_size=16", "trainer.ckpt_every=150"])
+                               "objective=mlm_nsp", "model=encoder_tiny", "trainer.max_steps=60",
+                               "trainer.micro_batch_size=16", "trainer.ckpt_every=60"])
     return run_training(cfg, stage="pretrain", manifest=pairs_manifest)

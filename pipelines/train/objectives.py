@@ -61,9 +61,11 @@ class CausalLM(nn.Module):
 
     def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
                  first_ordinary_id: int):
-        """Every objective takes the same arguments, so the loop builds any of them alike; CLM needs only the model."""
+        """Every objective takes the same arguments, so the loop builds any of them alike; CLM needs only the model
+        (and the padding id, for the padded objectives built on it)."""
         super().__init__()
         self.model = model
+        self.pad_id = special_ids["pad"]
 
     def flops_per_token(self, seq_len: int) -> float:
         return self.model.flops_per_token(seq_len)
@@ -98,19 +100,8 @@ def trim_padding(batch: Mapping[str, torch.Tensor], pad_id: int, names: tuple[st
     return {name: batch[name][:, :length] for name in names}
 
 
-class SupervisedChat(nn.Module):
-    model_kind, shard_format, ppl_of = "decoder", "sft", "loss"
-    stat_names = ("loss",)
-    unused_parameters = False
-
-    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
-                 first_ordinary_id: int):
-        super().__init__()
-        self.model = model
-        self.pad_id = special_ids["pad"]
-
-    def flops_per_token(self, seq_len: int) -> float:
-        return self.model.flops_per_token(seq_len)
+class SupervisedChat(CausalLM):
+    shard_format = "sft"
 
     def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
         cut = trim_padding(batch, self.pad_id, ("input_ids", "loss_mask"))
