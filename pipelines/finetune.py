@@ -211,10 +211,25 @@ def finetune(cfg: DictConfig, *, callbacks: list | None = None) -> TrainOutcome:
                callbacks=callbacks)
 
 
+def report_domain_shift(cfg: DictConfig, outcome: TrainOutcome) -> None:
+    """Domain adaptation's two numbers: medical and general validation perplexity before and after (the gain in
+    the domain, and what was forgotten of general text); the `ppl` sections also land in both eval.json files."""
+    from pipelines.evaluate import evaluate
+
+    before_dir = storage.read_json(storage.join(outcome.final_dir, "meta.json"))["init_from"]
+    before = evaluate(cfg, before_dir, suites=["ppl"])["ppl"]
+    after = evaluate(cfg, outcome.final_dir, suites=["ppl"])["ppl"]
+    for corpus in ("medical", "general"):
+        if corpus in before and corpus in after:
+            print(f"{corpus} validation perplexity: {before[corpus]:.2f} -> {after[corpus]:.2f}")
+
+
 @stage_main("finetune")
 def main(cfg: DictConfig) -> None:
     outcome = finetune(cfg)
     print_summary(outcome)
+    if cfg.finetune.kind == "domain" and cfg.data.source == "builtin":
+        report_domain_shift(cfg, outcome)
 
 
 if __name__ == "__main__":

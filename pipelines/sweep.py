@@ -240,7 +240,8 @@ def results_table(cfg: DictConfig, grid, sweep_dir: str) -> list[dict]:
     pick = min if s.mode == "min" else max
     rows = []
     for result in grid:
-        trial = os.path.basename(result.path)
+        # The trial id (what its fine-tuning run is named after): a restored trial's directory may carry a suffix.
+        trial = (result.metrics or {}).get("trial_id") or os.path.basename(result.path)
         history = reports(result)
         values = [float(r[s.metric]) for r in history if s.metric in r]
         finished = storage.exists(storage.join(sweep_dir, STAGE, trial, FINAL, "metrics.json"))
