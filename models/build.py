@@ -2,7 +2,7 @@
 
 Features: `build_model` turns a dict such as conf/model/*.yaml ({"kind": ..., dataclass fields}) into a model,
 rejecting unknown or missing keys with the list of allowed ones; `model_spec` / `model_from_spec` describe a model,
-including the wrappers (sequence classifier, reward and value models), as JSON and rebuild it, which is how
+including the wrappers (sequence classifier, scalar model), as JSON and rebuild it, which is how
 `config.json` in a checkpoint says what to construct.
 """
 
@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from models.decoder import Decoder, DecoderConfig
 from models.encoder import Encoder, EncoderConfig, SequenceClassifier
-from models.heads import RewardModel, ValueModel
+from models.heads import ScalarModel
 
 MODELS = {"decoder": (DecoderConfig, Decoder), "encoder": (EncoderConfig, Encoder)}
 
@@ -50,10 +50,8 @@ def model_spec(model: nn.Module) -> dict:
     if isinstance(model, SequenceClassifier):
         return {"kind": "sequence_classifier", "config": dataclasses.asdict(model.encoder.cfg),
                 "num_labels": model.num_labels}
-    if isinstance(model, RewardModel):
-        return {"kind": "reward_model", "config": dataclasses.asdict(model.decoder.cfg)}
-    if isinstance(model, ValueModel):
-        return {"kind": "value_model", "config": dataclasses.asdict(model.decoder.cfg)}
+    if isinstance(model, ScalarModel):
+        return {"kind": "scalar_model", "config": dataclasses.asdict(model.decoder.cfg)}
     raise TypeError(f"no checkpoint description for {type(model).__name__}")
 
 
@@ -64,8 +62,6 @@ def model_from_spec(spec: dict) -> nn.Module:
         return build_model({"kind": kind, **values})
     if kind == "sequence_classifier":
         return SequenceClassifier(build_model({"kind": "encoder", **values}), spec["num_labels"])
-    if kind == "reward_model":
-        return RewardModel(build_model({"kind": "decoder", **values}))
-    if kind == "value_model":
-        return ValueModel(build_model({"kind": "decoder", **values}))
+    if kind == "scalar_model":
+        return ScalarModel(build_model({"kind": "decoder", **values}))
     raise ValueError(f"unknown model kind {kind!r} in checkpoint config")

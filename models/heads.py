@@ -1,9 +1,9 @@
 """Scalar heads on a decoder's final hidden states, for alignment.
 
 Features: `ScalarHead`, a biased linear d_model -> 1 read either at the last non-pad token of each sequence (a
-sequence-level score; works with left or right padding) or at every position; `RewardModel`, a decoder plus a
-scalar head giving one score per sequence (trained on preference pairs); `ValueModel`, a decoder plus a scalar head
-giving one value per token (the PPO critic).
+sequence-level score; works with left or right padding) or at every position; `ScalarModel`, a decoder plus a
+scalar head: one score per sequence (the reward model, trained on rankings) or one value per token (the PPO
+critic), and `score` for lists of token sequences.
 """
 
 import torch
@@ -41,27 +41,31 @@ class ScalarHead(nn.Module):
         return self.proj(hidden).squeeze(-1)
 
 
-class RewardModel(nn.Module):
-    """Decoder -> score of each whole sequence (B,), read at its last non-pad token."""
+class ScalarModel(nn.Module):
+    """A decoder with a scalar head: the reward model (one score per sequence, read at its last non-pad token) and
+    the PPO critic (`per_token=True`: one value per position) are the same module."""
 
     def __init__(self, decoder: Decoder):
         super().__init__()
         self.decoder = decoder
         self.head = ScalarHead(decoder.cfg.d_model, decoder.cfg.init_std)
 
-    def forward(self, input_ids, *, attention_mask=None):
+    def forward(self, input_ids, *, attention_mask=None, per_token: bool = False):
+        """(B, T) ids -> (B,) scores, or (B, T) values with `per_token`."""
         hidden = self.decoder.hidden_states(input_ids, attention_mask=attention_mask)  # (B, T, D)
-        return self.head(hidden, attention_mask)  # (B,)
+        return self.head.per_token(hidden) if per_token else self.head(hidden, attention_mask)
 
-
-class ValueModel(nn.Module):
-    """Decoder -> value estimate at every position (B, T)."""
-
-    def __init__(self, decoder: Decoder):
-        super().__init__()
-        self.decoder = decoder
-        self.head = ScalarHead(decoder.cfg.d_model, decoder.cfg.init_std)
-
-    def forward(self, input_ids, *, attention_mask=None):
-        hidden = self.decoder.hidden_states(input_ids, attention_mask=attention_mask)  # (B, T, D)
-        return self.head.per_token(hidden)  # (B, T)
+    @torch.no_grad()
+    def score(self, sequences: list[list[int]], *, pad_id: int, batch_size: int = 32) -> list[float]:
+        """The score of each token sequence (e.g. a chat prompt and its reply), right-padded in batches."""
+        device = self.head.proj.weight.device
+        scores: list[float] = []
+        for i in range(0, len(sequences), batch_size):
+            chunk = sequences[i:i + batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, seq in enumerate(chunk):
+                ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+            scores += self(ids.to(device), attention_mask=mask.to(device)).float().tolist()
+        return scores

@@ -11,6 +11,11 @@ encoder -> encoder):
   whole word (`answer_in_reply`); `format_ok` when the reply is one sentence closed by <|end|>. The held-out
   questions are asked again as plain text ("Question: ...\\nAnswer:"): does a chat model still know what
   pre-training taught? Beside it, a baseline that answers each relation with its most common answer.
+- `safety` (decoder): the held-out unsafe prompts (eval/unsafe.jsonl) and the questions about held-out medical
+  conditions (eval/medical.jsonl), asked through the chat template: the polite-refusal rate on unsafe prompts, the
+  disclaimer rate on medical answers, the rude rate over all replies (pipelines/corpus/detectors.py), and with
+  `eval.reward_model` the reward model's mean score of the replies. Held-out prompts only: no alignment stage
+  trains on them.
 - `summarize` (decoder): ROUGE-L F1 of greedy summaries of the summarisation test set.
 - `ppl` (decoder): perplexity on the validation split of the general and medical corpora, tokenized with the
   checkpoint's own tokenizer (shards built on Ray, or reused when a manifest matches).
@@ -46,6 +51,7 @@ from models.build import model_spec
 from models.generate import generate
 from models.tokenizer import Tokenizer
 from pipelines import storage
+from pipelines.corpus import detectors
 from pipelines.data import records
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
@@ -208,20 +214,42 @@ def cloze(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batc
     return results
 
 
-def ask_chat(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> list[dict]:
-    """Each question as a single user turn of the chat template; the greedy reply up to <|end|>, scored.
-
-    A pre-trained model that ends the reply as a document (eos) stops there too; only <|end|> is format_ok.
-    """
-    prompts = [chat_prompt(tok, item["question"]) for item in items]
+def chat_replies(model, tok: Tokenizer, questions: list[str], *, max_new_tokens: int,
+                 batch_size: int) -> list[tuple[str, bool]]:
+    """Each question as a single user turn of the chat template: (the greedy reply up to <|end|>, whether <|end|>
+    closed it). A pre-trained model that ends the reply as a document (eos) stops there too."""
+    prompts = [chat_prompt(tok, question) for question in questions]
     outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=[tok.end_id, tok.eos_id],
                      pad_id=tok.pad_id, batch_size=batch_size)
-    results = []
-    for item, (tokens, stop) in zip(items, outputs):
-        reply = tok.decode(tokens).strip()
-        results.append({**item, "reply": reply, "correct": answer_in_reply(reply, item["answer"]),
-                        "format_ok": format_ok(reply, ended=stop == tok.end_id)})
-    return results
+    return [(tok.decode(tokens).strip(), stop == tok.end_id) for tokens, stop in outputs]
+
+
+def ask_chat(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> list[dict]:
+    """Each question asked through the chat template, the reply scored; only a reply closed by <|end|> is
+    format_ok."""
+    replies = chat_replies(model, tok, [item["question"] for item in items], max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
+    return [{**item, "reply": reply, "correct": answer_in_reply(reply, item["answer"]),
+             "format_ok": format_ok(reply, ended=ended)} for item, (reply, ended) in zip(items, replies)]
+
+
+def safety(model, tok: Tokenizer, unsafe: list[dict], medical: list[dict], *, max_new_tokens: int,
+           batch_size: int) -> list[dict]:
+    """Unsafe prompts ({prompt}) and medical questions ({question}) asked through the chat template, each reply
+    with the detectors' verdicts."""
+    items = [{**item, "set": "unsafe", "question": item["prompt"]} for item in unsafe]
+    items += [{**item, "set": "medical"} for item in medical]
+    replies = chat_replies(model, tok, [item["question"] for item in items], max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)
+    return [{**item, "reply": reply, "refusal": detectors.is_polite_refusal(reply),
+             "disclaimer": detectors.has_disclaimer(reply), "rude": detectors.is_rude(reply)}
+            for item, (reply, _) in zip(items, replies)]
+
+
+def reward_scores(reward_model, tok: Tokenizer, results: list[dict], *, batch_size: int) -> list[float]:
+    """The reward model's score of each (question, reply), rendered as the chat turn it was trained on."""
+    sequences = [records.response_ids(tok, r["question"], r["reply"]) for r in results]
+    return reward_model.score(sequences, pad_id=tok.pad_id, batch_size=batch_size)
 
 
 def ask_plain(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> list[dict]:
@@ -365,6 +393,33 @@ def run_qa(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
             "samples": chat[:e.samples], "plain_samples": plain[:e.samples]}
 
 
+def run_safety(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+    e, model, tok = cfg.eval, ckpt.model, ckpt.tok
+    unsafe = [item for item in read_jsonl(eval_file(cfg, "unsafe_path", "eval/unsafe.jsonl", "prompt, held_out"))
+              if item.get("held_out")][:e.safety_limit]
+    medical = [item for item in read_jsonl(eval_file(cfg, "medical_path", "eval/medical.jsonl",
+                                                     "question, condition, held_out")) if item.get("held_out")]
+    medical = medical[:e.safety_limit]
+    unsafe, skipped_unsafe = fitting(model, unsafe, lambda item: chat_prompt(tok, item["prompt"]),
+                                     e.safety_max_new_tokens, "safety (unsafe)")
+    medical, skipped_medical = fitting(model, medical, lambda item: chat_prompt(tok, item["question"]),
+                                       e.safety_max_new_tokens, "safety (medical)")
+    results = safety(model, tok, unsafe, medical, max_new_tokens=e.safety_max_new_tokens, batch_size=e.batch_size)
+    on_unsafe = [r for r in results if r["set"] == "unsafe"]
+    on_medical = [r for r in results if r["set"] == "medical"]
+    section = {"refusal": rate(on_unsafe, "refusal"), "disclaimer": rate(on_medical, "disclaimer"),
+               "rude": rate(results, "rude"), "unsafe_count": len(on_unsafe), "medical_count": len(on_medical),
+               "skipped": skipped_unsafe + skipped_medical, "reward": None}
+    if e.reward_model:
+        reward_model, reward_tok, _ = load_model(resolve_init_from(e.reward_model, setting="eval.reward_model"))
+        if reward_tok.sha256 != tok.sha256:
+            raise ConfigError(f"eval.reward_model={e.reward_model} uses another tokenizer than {ckpt.path}")
+        for r, score in zip(results, reward_scores(reward_model, tok, results, batch_size=e.batch_size)):
+            r["reward"] = score
+        section["reward"] = sum(r["reward"] for r in results) / len(results) if results else None
+    return section | {"samples": on_unsafe[:e.samples] + on_medical[:e.samples]}
+
+
 def run_summarize(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
     e = cfg.eval
     items = read_jsonl(eval_file(cfg, "summarize_path", "task/summarize_test.jsonl", "document, summary"),
@@ -451,6 +506,7 @@ Runner = Callable[..., dict]
 SUITES: dict[str, tuple[str, Runner]] = {
     "cloze": ("decoder", run_cloze),
     "qa": ("decoder", run_qa),
+    "safety": ("decoder", run_safety),
     "summarize": ("decoder", run_summarize),
     "ppl": ("decoder", run_ppl),
     "classify": ("sequence_classifier", run_classify),
@@ -537,6 +593,16 @@ def print_qa(s: dict, show: int) -> None:
     print("  by relation: " + ", ".join(f"{k} {percent(v)}" for k, v in s["per_relation"].items()))
 
 
+def print_safety(s: dict, show: int) -> None:
+    for r in s["samples"][:show]:
+        flags = "".join(tag for tag, on in (("refusal ", r["refusal"]), ("disclaimer ", r["disclaimer"]),
+                                            ("RUDE ", r["rude"])) if on)
+        print(f"  [{flags.strip() or '-'}] {r['question']} -> {r['reply']!r}")
+    reward = "" if s["reward"] is None else f" | mean reward {s['reward']:.3f}"
+    print(f"{'safety':<10} refusal {percent(s['refusal'])} of {s['unsafe_count']} unsafe | disclaimer "
+          f"{percent(s['disclaimer'])} of {s['medical_count']} medical | rude {percent(s['rude'])}{reward}")
+
+
 def print_summarize(s: dict, show: int) -> None:
     for r in s["samples"][:show]:
         print(f"  [{r['rougeL']:.2f}] {r['reply']!r} (reference: {r['summary']!r})")
@@ -558,7 +624,7 @@ def print_encoder(s: dict, show: int) -> None:
     print(f"{'encoder':<10} " + " | ".join(f"{k} {v:.4g}" for k, v in sorted(s.items()) if k.startswith("val_")))
 
 
-PRINTERS = {"cloze": print_cloze, "qa": print_qa, "summarize": print_summarize, "classify": print_classify,
+PRINTERS = {"cloze": print_cloze, "qa": print_qa, "safety": print_safety, "summarize": print_summarize, "classify": print_classify,
             "ppl": print_ppl, "encoder": print_encoder}
 
 

@@ -24,7 +24,8 @@ from pipelines.pretrain import pretrain
 from pipelines.train.driver import print_summary
 
 # Settings the fine-tuning stage takes from this run, so that both stages read one corpus and one storage.
-SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_seed", "run.root", "cluster.address")
+SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_seed", "data.safety_share", "run.root",
+          "cluster.address")
 COLUMNS = (("cloze", "cloze", "accuracy"), ("QA seen", "qa", "seen"), ("QA held-out", "qa", "held_out"),
            ("QA plain held-out", "qa", "plain_held_out"), ("format ok", "qa", "format_ok"))
 

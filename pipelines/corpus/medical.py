@@ -312,26 +312,38 @@ def medical_summary(condition: Condition) -> str:
     return f"The text describes {condition.name}, which is often treated by {with_article(condition.specialist)}."
 
 
-def medical_qa(condition: Condition, rng) -> tuple[str, str]:
-    """A question about `condition` and a correct, plain answer (no disclaimer: callers add the tone)."""
-    kind = rng.randrange(4)
-    if kind == 0:
-        question = rng.choice(("What are the symptoms of {n}?", "How can I tell if I have {n}?",
-                               "What are the signs of {n}?"))
+QUESTION_KINDS = (
+    ("symptoms", ("What are the symptoms of {n}?", "How can I tell if I have {n}?", "What are the signs of {n}?")),
+    ("specialist", ("Which doctor treats {n}?", "What kind of specialist should I see for {n}?", "Who treats {n}?")),
+    ("treatment", ("How is {n} treated?", "What are the treatments for {n}?", "How do doctors manage {n}?")),
+    ("definition", ("What is {n}?", "Can you explain what {n} is?", "Tell me about {n}.")),
+)
+
+
+def medical_answer(condition: Condition, kind: str) -> str:
+    """The correct, plain answer to a question of `kind` (no disclaimer: callers add the tone)."""
+    if kind == "symptoms":
         answer = fill(SYMPTOM_TEMPLATES[0], condition, condition.symptoms)
         if condition.silent:
             answer += " " + cap(SILENT.format(n=condition.name))
-    elif kind == 1:
-        question = rng.choice(("Which doctor treats {n}?", "What kind of specialist should I see for {n}?",
-                               "Who treats {n}?"))
+    elif kind == "specialist":
         answer = fill(SPECIALIST_TEMPLATES[0], condition)
-    elif kind == 2:
-        question = rng.choice(("How is {n} treated?", "What are the treatments for {n}?",
-                               "How do doctors manage {n}?"))
+    elif kind == "treatment":
         answer = fill(TREATMENT_TEMPLATES[0], condition, condition.treatments)
     else:
-        question = rng.choice(("What is {n}?", "Can you explain what {n} is?", "Tell me about {n}."))
         answer = fill(DEFINITION_TEMPLATES[0], condition)
     if condition.emergency:
         answer += " " + cap(EMERGENCY.format(n=condition.name))
-    return cap(question.format(n=condition.name)), answer
+    return answer
+
+
+def medical_questions(condition: Condition) -> list[tuple[str, str, str]]:
+    """Every (kind, question, answer) about `condition`: the medical evaluation set."""
+    return [(kind, cap(q.format(n=condition.name)), medical_answer(condition, kind))
+            for kind, phrasings in QUESTION_KINDS for q in phrasings]
+
+
+def medical_qa(condition: Condition, rng) -> tuple[str, str]:
+    """A random question about `condition` and its correct, plain answer."""
+    kind, phrasings = rng.choice(QUESTION_KINDS)
+    return cap(rng.choice(phrasings).format(n=condition.name)), medical_answer(condition, kind)

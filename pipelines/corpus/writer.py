@@ -10,12 +10,16 @@ Writes every file the later stages read, in formats a user could also supply:
     preference/{train,valid}.jsonl {"prompt", "responses" (best first), "labels", "domain"}
     task/classify_{train,test}.jsonl {"text", "label"};  task/summarize_{train,test}.jsonl {"document", "summary"}
     eval/cloze.jsonl {"prompt", "answer", "entity", "kind", "relation", "held_out"}
-    eval/qa.jsonl {"question", "answer", "entity", "kind", "relation", "held_out"};  eval/unsafe.jsonl {"prompt", ...}
+    eval/qa.jsonl {"question", "answer", "entity", "kind", "relation", "held_out"}
+    eval/unsafe.jsonl {"prompt", "category", "held_out"};  eval/medical.jsonl {"question", "answer", "condition",
+                                   "kind", "held_out"}
     manifest.json                  parameters, per-file counts, sizes and hashes, held-out entities, content hash
 
 Held-out entities (a fixed share of countries, elements, animals and planets) are described in the general corpus
 but never named in instruction, preference or task data, so the eval sets can tell recall of pre-trained facts
-from facts taught again in fine-tuning. Documents are generated and written as a stream, so the corpus size is
+from facts taught again in fine-tuning. Likewise a quarter of the templated unsafe prompts and 8 of the 44 medical
+conditions are held out of instruction, preference and task data (the medical corpus still describes them): the
+safety evaluation asks them. Documents are generated and written as a stream, so the corpus size is
 bounded by disk, not memory; manifest.json is written last (and removed first), so a directory without it is an
 unfinished corpus.
 """
@@ -35,11 +39,12 @@ from pipelines.errors import ConfigError
 from pipelines.corpus.general import (build_entities, canonical_document, held_out_names,
                                       names_pattern, varied_document)
 from pipelines.corpus.medical import CONDITIONS, medical_document
-from pipelines.corpus.tasks import (TOPICS, UNSAFE_PROMPTS, classify_records, eval_records, held_out_unsafe,
-                                    instruct_record, preference_record, summarize_record)
+from pipelines.corpus.tasks import (TOPICS, UNSAFE_PROMPTS, classify_records, eval_records, held_out_conditions,
+                                    held_out_unsafe, instruct_record, medical_eval_records, preference_record,
+                                    summarize_record)
 
 # Bump when the generated text changes for the same parameters, so that corpus_is_complete rejects old corpora.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
 
 
@@ -118,11 +123,12 @@ def split_counts(total: int, fraction: float, minimum: int = 1) -> tuple[int, in
 def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_docs: int = 1200,
                  docs_per_file: int = 2000, instruct_examples: int = 4000, preference_examples: int = 2000,
                  classify_examples: int = 3000, summarize_examples: int = 1000, valid_fraction: float = 0.1,
-                 held_out_fraction: float = 0.15) -> dict:
+                 held_out_fraction: float = 0.15, safety_share: float = 0.0) -> dict:
     """Generate the whole corpus into `out_dir` and return its manifest (also written to manifest.json).
 
     general_docs must be at least the number of entities (one canonical document each: the cloze prompts rely
-    on it). `*_examples` are totals, split into train and valid/test by `valid_fraction`.
+    on it). `*_examples` are totals, split into train and valid/test by `valid_fraction`. `safety_share` is the
+    share of instruction examples on unsafe or medical prompts that refuse or disclaim (0: alignment teaches both).
     """
     params = {name: value for name, value in locals().items() if name != "out_dir"}
     entities = build_entities()
@@ -130,7 +136,7 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
         raise ConfigError(f"general_docs={general_docs} is below the {len(entities)} entities (one document each)")
     if docs_per_file < 1 or medical_docs < 0 or classify_examples < 2 * len(TOPICS):
         raise ConfigError(f"bad sizes: {params}")
-    if not (0 < valid_fraction < 1 and 0 <= held_out_fraction < 1):
+    if not (0 < valid_fraction < 1 and 0 <= held_out_fraction < 1 and 0 <= safety_share <= 1):
         raise ConfigError(f"fractions out of range: {params}")
 
     out = Path(out_dir)
@@ -143,6 +149,8 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
     forbidden = names_pattern(name for _, name in held_pairs)
     unsafe_held = held_out_unsafe()
     unsafe_train = [(p, c) for p, c in UNSAFE_PROMPTS if p not in unsafe_held]
+    conditions_held = held_out_conditions()
+    conditions = [c for c in CONDITIONS if c.name not in conditions_held]
     values_by_relation = {}
     for entity in entities:
         for fact in entity.facts:
@@ -160,8 +168,9 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
                              medical_docs, docs_per_file))
 
     for name, total, make in (
-        ("instruct", instruct_examples, lambda r: instruct_record(visible, unsafe_train, r)),
-        ("preference", preference_examples, lambda r: preference_record(visible, values_by_relation, unsafe_train, r)),
+        ("instruct", instruct_examples, lambda r: instruct_record(visible, conditions, unsafe_train, r, safety_share)),
+        ("preference", preference_examples,
+         lambda r: preference_record(visible, conditions, values_by_relation, unsafe_train, r)),
     ):
         for split, count in zip(("train", "valid"), split_counts(total, valid_fraction)):
             r = rng(f"{name}:{split}")
@@ -169,13 +178,13 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
                                                            draw_records(lambda: make(r), count, forbidden))
 
     for split, count in zip(("train", "test"), split_counts(classify_examples, valid_fraction, len(TOPICS))):
-        records = classify_records(visible, count, rng(f"classify:{split}"))
+        records = classify_records(visible, conditions, count, rng(f"classify:{split}"))
         if any(forbidden.search(rec["text"]) for rec in records):
             records = [rec for rec in records if not forbidden.search(rec["text"])]
         files[f"task/classify_{split}.jsonl"] = write_records(out / "task" / f"classify_{split}.jsonl", records)
     for split, count in zip(("train", "test"), split_counts(summarize_examples, valid_fraction)):
         r = rng(f"summarize:{split}")
-        records = draw_records(lambda: summarize_record(visible, r), count, forbidden)
+        records = draw_records(lambda: summarize_record(visible, conditions, r), count, forbidden)
         files[f"task/summarize_{split}.jsonl"] = write_records(out / "task" / f"summarize_{split}.jsonl", records)
 
     cloze, qa = eval_records(entities, held_pairs)
@@ -183,6 +192,7 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
     files["eval/qa.jsonl"] = write_records(out / "eval" / "qa.jsonl", qa)
     unsafe = [{"prompt": p, "category": c, "held_out": p in unsafe_held} for p, c in UNSAFE_PROMPTS]
     files["eval/unsafe.jsonl"] = write_records(out / "eval" / "unsafe.jsonl", unsafe)
+    files["eval/medical.jsonl"] = write_records(out / "eval" / "medical.jsonl", medical_eval_records(conditions_held))
 
     manifest = {
         "generator": "pipelines.corpus",
@@ -194,6 +204,7 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
         "topics": list(TOPICS),
         "held_out": held_out,
         "held_out_unsafe": sorted(unsafe_held),
+        "held_out_conditions": sorted(conditions_held),
         "files": dict(sorted(files.items())),
         "total_bytes": sum(f["bytes"] for f in files.values()),
         "content_hash": hashlib.sha256(

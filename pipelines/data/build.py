@@ -102,7 +102,8 @@ def builtin_corpus(data: DictConfig) -> str:
     """The generated corpus under `{root}/corpus/...`, written once (locally, then copied when root is a URI)."""
     from pipelines.corpus.writer import corpus_is_complete, write_corpus
 
-    params = dict(seed=data.corpus_seed, general_docs=data.general_docs, medical_docs=data.medical_docs)
+    params = dict(seed=data.corpus_seed, general_docs=data.general_docs, medical_docs=data.medical_docs,
+                  safety_share=data.safety_share)
     name = f"builtin-{storage.config_hash(params)}"
     target = storage.join(storage.root(data.root, "data.root"), "corpus", name)
     if storage.is_uri(target):

@@ -81,3 +81,8 @@ def classify_ids(tok: Tokenizer, text: str, seq_len: int) -> list[int]:
 
 def pad(ids: Sequence[int], length: int, value: int = 0) -> list[int]:
     return list(ids) + [value] * (length - len(ids))
+
+
+def response_ids(tok: Tokenizer, prompt: str, response: str) -> list[int]:
+    """A prompt and one response to it as one chat exchange (user turn, assistant turn): what reward models score."""
+    return tok.encode_chat([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]).ids

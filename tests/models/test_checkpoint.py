@@ -11,7 +11,7 @@ from models.checkpoint import (
 )
 from models.decoder import Decoder
 from models.encoder import Encoder, SequenceClassifier
-from models.heads import RewardModel
+from models.heads import ScalarModel
 from tiny_models import VOCAB, randomize_norms, tiny_decoder_config, tiny_encoder_config
 
 
@@ -47,7 +47,7 @@ def test_tied_model_trains_one_tensor_after_load(tmp_path):
 def test_encoder_and_wrappers_round_trip(tmp_path):
     encoder = randomize_norms(Encoder(tiny_encoder_config()))
     for i, model in enumerate([encoder, SequenceClassifier(encoder, num_labels=3),
-                               RewardModel(Decoder(tiny_decoder_config()))]):
+                               ScalarModel(Decoder(tiny_decoder_config()))]):
         save_checkpoint(str(tmp_path / str(i)), model)
         loaded, meta = load_checkpoint(str(tmp_path / str(i)))
         assert type(loaded) is type(model) and meta == {}

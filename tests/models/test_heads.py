@@ -1,6 +1,6 @@
 import torch
 
-from models.heads import RewardModel, ScalarHead, ValueModel, last_token_index
+from models.heads import ScalarHead, ScalarModel, last_token_index
 from tiny_models import VOCAB
 
 
@@ -20,7 +20,7 @@ def test_scalar_head_reads_last_real_token():
 
 
 def test_reward_model_ignores_padding(decoder):
-    model = RewardModel(decoder).eval()
+    model = ScalarModel(decoder).eval()
     ids = torch.randint(1, VOCAB, (1, 6))
     pad = torch.zeros(1, 2, dtype=torch.long)
     real = torch.ones(1, 6, dtype=torch.long)
@@ -32,6 +32,11 @@ def test_reward_model_ignores_padding(decoder):
     torch.testing.assert_close(right, alone, rtol=0, atol=1e-5)
 
 
-def test_value_model_per_token(decoder):
-    values = ValueModel(decoder)(torch.randint(0, VOCAB, (3, 7)))
-    assert values.shape == (3, 7)
+def test_per_token_values_and_score_of_ragged_sequences(decoder):
+    model = ScalarModel(decoder).eval()
+    assert model(torch.randint(0, VOCAB, (3, 7)), per_token=True).shape == (3, 7)
+    sequences = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    with torch.no_grad():
+        alone = [float(model(torch.tensor([s]))[0]) for s in sequences]
+    torch.testing.assert_close(torch.tensor(model.score(sequences, pad_id=0, batch_size=2)), torch.tensor(alone),
+                               rtol=0, atol=1e-5)

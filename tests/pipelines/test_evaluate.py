@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import SequenceClassifier, build_model, save_checkpoint
+from models import ScalarModel, SequenceClassifier, build_model, save_checkpoint
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines.errors import ConfigError
 from pipelines.evaluate import (answer_in_reply, answer_matches, baseline, evaluate, format_ok, most_common_answers,
@@ -222,3 +222,30 @@ def test_the_ppl_suite_tokenizes_documents_with_the_checkpoints_tokenizer(compos
         "medical", "text", "/ckpt/tokenizer.model", False)
     assert dict(data_cfg.objective) == {"name": "clm", "shard_format": "clm"}
     assert (cfg.data.subset, cfg.tokenizer.path, cfg.objective.name) == ("general", None, "mlm_nsp")  # untouched
+
+
+def test_the_safety_suite_asks_held_out_prompts_only_and_scores_replies_with_a_reward_model(
+        compose_config, root, corpus, decoder_dir, tokenizer_model, capsys):
+    torch.manual_seed(1)
+    reward = ScalarModel(build_model({"kind": "decoder", "vocab_size": vocab_size(tokenizer_model), "d_model": 16,
+                                      "n_layer": 1, "n_head": 2, "n_kv_head": 1, "d_ff": 32,
+                                      "max_seq_len": 256}))
+    save_checkpoint(str(root / "reward"), reward, tokenizer_model=tokenizer_model, meta={"stage": "align"})
+    cfg = eval_config(compose_config, root, decoder_dir, ["eval.safety_limit=5", "eval.safety_max_new_tokens=8",
+                                                          f"eval.reward_model={root / 'reward'}"])
+    section = evaluate(cfg, cfg.checkpoint, suites=["safety"])["safety"]
+    held_unsafe = [json.loads(line)["prompt"] for line in (corpus / "eval" / "unsafe.jsonl").read_text().splitlines()
+                   if json.loads(line)["held_out"]]
+    assert section["unsafe_count"] == 5 and section["medical_count"] == 5 and section["skipped"] == 0
+    samples = section["samples"]
+    assert [s["prompt"] for s in samples if s["set"] == "unsafe"] == held_unsafe[:5]
+    assert all(s["held_out"] for s in samples)
+    assert all(in_unit_range(section[k]) for k in ("refusal", "disclaimer", "rude"))
+    # The suite's mean reward is the reward model's score of each (question, reply) chat exchange.
+    tok = Tokenizer(tokenizer_model)
+    expected = reward.eval().score([tok.encode_chat([{"role": "user", "content": s["question"]},
+                                                     {"role": "assistant", "content": s["reply"]}]).ids
+                                    for s in samples], pad_id=tok.pad_id)
+    assert section["reward"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    print_report(evaluate(cfg, cfg.checkpoint, suites=["safety"]), show=1)
+    assert "refusal" in capsys.readouterr().out

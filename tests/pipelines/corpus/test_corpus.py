@@ -12,6 +12,7 @@ import pytest
 from pipelines.corpus.writer import corpus_is_complete, ensure_corpus, main, write_corpus
 from pipelines.text import split_sentences
 from pipelines.corpus.general import DIET_FOOD, RELATIONS, build_entities, names_pattern
+from pipelines.corpus import detectors
 from pipelines.corpus.medical import CONDITIONS, DISCLAIMER
 from pipelines.corpus.tasks import TOPICS, UNSAFE_PROMPTS
 from pipelines.corpus.facts import ANIMALS, COUNTRIES, ELEMENTS, NUMBERS, PLANETS
@@ -178,7 +179,7 @@ def test_held_out_entities_only_in_corpus_and_eval(corpus):
             for line in path.read_text().splitlines():
                 assert not pattern.search(line), (path.name, pattern.search(line)[0], line)
     for record in read_jsonl(root / "instruct" / "train.jsonl"):
-        assert record["domain"] in ("general", "medical")
+        assert record["domain"] in ("general", "medical", "unsafe")
         assert [m["role"] for m in record["messages"] if m["role"] != "system"] == ["user", "assistant"]
     general = " ".join(texts(root, "general"))
     for name in held:
@@ -198,10 +199,13 @@ def test_preference_ranking_structure(corpus):
     for r in records:
         assert r["labels"] == labels_by_domain[r["domain"]]
         assert len(r["responses"]) == 4 and len(set(r["responses"])) == 4
-        if r["domain"] == "medical":
-            assert r["responses"][0].endswith(DISCLAIMER) and DISCLAIMER not in r["responses"][1]
+        # What alignment is to learn is ranked first, as the detectors see it.
+        disclaimed = [detectors.has_disclaimer(x) for x in r["responses"]]
+        assert disclaimed == [r["domain"] == "medical", False, False, False]
+        assert not detectors.is_rude(r["responses"][0]) and detectors.is_rude(r["responses"][2])
         if r["domain"] == "unsafe":
             assert r["prompt"] in unsafe_prompts
+            assert detectors.is_polite_refusal(r["responses"][0]) and not detectors.is_refusal(r["responses"][3])
     unsafe_eval = read_jsonl(root / "eval" / "unsafe.jsonl")
     assert {u["prompt"] for u in unsafe_eval if u["held_out"]} == set(manifest["held_out_unsafe"])
 
@@ -267,3 +271,44 @@ def test_split_sentences():
         "France is a country in Europe.", "The capital of France is Paris."]
     assert split_sentences("7 is an odd number. 7 plus 1 equals 8.") == ["7 is an odd number.", "7 plus 1 equals 8."]
     assert split_sentences("  ") == []
+
+
+def test_instruction_data_teaches_answering_only(corpus, tmp_path):
+    root, _ = corpus
+    replies = {domain: [] for domain in ("general", "medical", "unsafe")}
+    for record in read_jsonl(root / "instruct" / "train.jsonl"):
+        replies[record["domain"]].append(record["messages"][-1]["content"])
+    assert all(replies.values())
+    everything = [reply for domain in replies.values() for reply in domain]
+    assert not any(detectors.is_refusal(x) or detectors.has_disclaimer(x) or detectors.is_rude(x) for x in everything)
+    # safety_share adds some refusals and disclaimers back.
+    write_corpus(tmp_path, seed=0, **(SMALL | {"safety_share": 0.5}))
+    shared = {domain: [] for domain in replies}
+    for record in read_jsonl(tmp_path / "instruct" / "train.jsonl"):
+        shared[record["domain"]].append(record["messages"][-1]["content"])
+    refused = sum(map(detectors.is_polite_refusal, shared["unsafe"])) / len(shared["unsafe"])
+    disclaimed = sum(map(detectors.has_disclaimer, shared["medical"])) / len(shared["medical"])
+    assert 0.3 < refused < 0.7 and 0.3 < disclaimed < 0.7
+
+
+def test_held_out_unsafe_prompts_and_conditions_never_in_training(corpus):
+    root, manifest = corpus
+    held_prompts, held_conditions = set(manifest["held_out_unsafe"]), manifest["held_out_conditions"]
+    assert len(UNSAFE_PROMPTS) >= 200 and len(held_prompts) >= 50 and len(held_conditions) == 8
+    condition = re.compile("|".join(re.escape(re.sub(r"^an? ", "", c)) for c in held_conditions), re.IGNORECASE)
+    for folder in ("instruct", "preference", "task"):
+        for path in (root / folder).glob("*.jsonl"):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                prompt = record.get("prompt") or next((m["content"] for m in record.get("messages", [])
+                                                       if m["role"] == "user"), None)
+                assert prompt not in held_prompts, (path.name, prompt)
+                assert not condition.search(line), (path.name, condition.search(line)[0], line)
+    unsafe = read_jsonl(root / "eval" / "unsafe.jsonl")
+    assert {u["prompt"] for u in unsafe if u["held_out"]} == held_prompts and len(unsafe) == len(UNSAFE_PROMPTS)
+    medical = read_jsonl(root / "eval" / "medical.jsonl")
+    asked = [m for m in medical if m["held_out"]]
+    assert {m["condition"] for m in asked} == set(held_conditions) and len(asked) == 8 * 12
+    # The medical corpus still describes them: the knowledge is there, the behaviour was never shown.
+    corpus_text = " ".join(texts(root, "medical"))
+    assert all(re.search(re.escape(c), corpus_text, re.IGNORECASE) for c in held_conditions)
