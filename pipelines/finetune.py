@@ -36,7 +36,10 @@ from pipelines.train.driver import (TrainOutcome, check_config, check_worker_res
 
 log = logging.getLogger(__name__)
 # The model kind each kind of fine-tuning starts from.
-KINDS = {"instruct": "decoder", "domain": "decoder", "summarize": "decoder", "classify": "encoder"}
+KINDS = {"instruct": "decoder", "domain": "decoder", "summarize": "decoder", "classify": "encoder",
+         "reward": "decoder", "dpo": "decoder"}
+# Kinds that put a head on the pre-trained model, and the checkpoint kind of a model that already has it.
+HEADS = {"classify": "sequence_classifier", "reward": "scalar_model"}
 TOKENIZER = "tokenizer.model"
 
 
@@ -59,9 +62,9 @@ def is_hf_llama(path: str) -> bool:
     return storage.exists(config) and "model_type" in storage.read_json(config)
 
 
-def convert_hf(cfg: DictConfig, path: str) -> str:
+def convert_hf(cfg: DictConfig, path: str, stage: str) -> str:
     """A HF Llama directory converted into this project's checkpoint under `{run}/init` (once); returns it."""
-    target = storage.join(run_directory(cfg, "finetune"), "init")
+    target = storage.join(run_directory(cfg, stage), "init")
     if storage.exists(storage.join(target, "model.safetensors")):
         return target
     tokenizer = cfg.tokenizer.path or (storage.join(path, TOKENIZER) if storage.exists(storage.join(path, TOKENIZER))
@@ -91,9 +94,10 @@ def convert_hf(cfg: DictConfig, path: str) -> str:
     return target
 
 
-def plan(cfg: DictConfig) -> Plan:
+def plan(cfg: DictConfig, stage: str = "finetune") -> Plan:
     """Every check that needs no Ray; fills in cfg.model (the checkpoint's) and cfg.tokenizer.path (its
-    tokenizer). Raises a one-line UserError on the first problem."""
+    tokenizer). Raises a one-line UserError on the first problem. `stage` names the run directory (the alignment
+    stage trains its reward model and DPO with this same recipe)."""
     kind = cfg.finetune.kind
     if kind not in KINDS:
         raise ConfigError(f"finetune.kind must be one of {sorted(KINDS)}, got {kind!r} (finetune=<kind>)")
@@ -103,20 +107,23 @@ def plan(cfg: DictConfig) -> Plan:
     source = storage.absolute(cfg.init_from)
     if not storage.exists(source):
         raise MissingPathError(f"init_from={cfg.init_from} does not exist")
-    path = convert_hf(cfg, source) if is_hf_llama(source) else resolve_init_from(source)
+    path = convert_hf(cfg, source, stage) if is_hf_llama(source) else resolve_init_from(source)
     saved = storage.read_json(storage.join(path, "config.json"))
     wanted = KINDS[kind]
     head, init_into, base_kind = None, "base", saved["kind"]
     if kind == "classify":
         labels = record_labels(cfg.data)
         head = {"kind": "sequence_classifier", "num_labels": len(labels)}
-        if saved["kind"] == "sequence_classifier":  # a classifier fine-tuned further
-            if saved["num_labels"] != len(labels):
-                raise CheckpointError(f"init_from={path} classifies {saved['num_labels']} labels, the data has "
-                                      f"{len(labels)} ({labels})")
-            base_kind, init_into = "encoder", "model"
+        if saved["kind"] == "sequence_classifier" and saved["num_labels"] != len(labels):
+            raise CheckpointError(f"init_from={path} classifies {saved['num_labels']} labels, the data has "
+                                  f"{len(labels)} ({labels})")
+    if kind == "reward":
+        head = {"kind": "scalar"}
+    if kind in HEADS and saved["kind"] == HEADS[kind]:  # a model with this head, trained further
+        base_kind, init_into = wanted, "model"
     if base_kind != wanted:
-        raise CheckpointError(f"finetune={kind} starts from a pre-trained {wanted}, but init_from={path} holds a "
+        raise CheckpointError(f"{'finetune' if stage == 'finetune' else 'algorithm'}={kind} starts from a "
+                              f"pre-trained {wanted}, but init_from={path} holds a "
                               f"{saved['kind']}" + (" (pre-train one with objective=mlm_nsp model=encoder_tiny)"
                                                     if wanted == "encoder" else ""))
     if not storage.exists(storage.join(path, TOKENIZER)):
@@ -143,10 +150,10 @@ def plan(cfg: DictConfig) -> Plan:
     with open_dict(cfg):
         cfg.model = model_cfg
         cfg.tokenizer.path = tokenizer_path
-    preflight(cfg, stage="finetune", init_from=path if init_into == "base" else None)
+    preflight(cfg, stage=stage, init_from=path if init_into == "base" else None)
     if cfg.shards:
         manifest = given_shards(cfg, tok_sha)
-        if head and manifest.get("labels") != record_labels(cfg.data):
+        if kind == "classify" and manifest.get("labels") != record_labels(cfg.data):
             raise ConfigError(f"shards={cfg.shards} hold labels {manifest.get('labels')}, the data config "
                               f"{record_labels(cfg.data)}")
     else:
@@ -154,7 +161,7 @@ def plan(cfg: DictConfig) -> Plan:
     replay = replay_shards(cfg, path, tok_sha)
     meta = {"finetune": kind, "init_from": path, "random_init": bool(cfg.finetune.random_init),
             "replay": replay["share"] if replay else 0.0}
-    if head:
+    if kind == "classify":
         meta["labels"] = record_labels(cfg.data)
     return Plan(init_from=path, base_kind=base_kind, head=head, init_into=init_into, tokenizer_sha256=tok_sha,
                 lora=lora if lora["rank"] else None, meta=meta, replay=replay)
@@ -196,16 +203,16 @@ def given_shards(cfg: DictConfig, tokenizer_sha256: str) -> dict:
     return manifest
 
 
-def finetune(cfg: DictConfig, *, callbacks: list | None = None) -> TrainOutcome:
+def finetune(cfg: DictConfig, *, callbacks: list | None = None, stage: str = "finetune") -> TrainOutcome:
     """Check, join Ray, build/reuse the shards with the checkpoint's tokenizer, train; returns the outcome."""
-    p = plan(cfg)
+    p = plan(cfg, stage)
     connect(cfg.cluster)
     check_worker_resources(cfg)
     manifest = given_shards(cfg, p.tokenizer_sha256) if cfg.shards else prepare_shards(cfg)
     train = manifest["splits"]["train"]
     log.info("fine-tuning (%s) on %d examples (%d dropped as too long, %d truncated)", cfg.finetune.kind,
              train["examples"], train.get("dropped_too_long", 0), train.get("truncated", 0))
-    return fit(cfg, stage="finetune", manifest=manifest,
+    return fit(cfg, stage=stage, manifest=manifest,
                init_from=None if cfg.finetune.random_init else p.init_from, head=p.head, lora=p.lora,
                init_into=p.init_into, meta=p.meta, train_examples=cfg.finetune.train_examples, replay=p.replay,
                callbacks=callbacks)

@@ -93,6 +93,12 @@ def delete_dir(path: str) -> None:
         fs.delete_dir(p)
 
 
+def list_dir(path: str) -> list[str]:
+    """The names in directory `path` (local or URI), sorted."""
+    fs, p = filesystem(path)
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(p)))
+
+
 def expand(paths: Iterable[str], *, suffixes: tuple[str, ...] = ()) -> list[str]:
     """Files named by `paths` (files, directories searched recursively, or `*` globs in the last part), sorted.
 

@@ -82,7 +82,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     """
     mask = mask.to(values.dtype)
     next_value = torch.cat([values[:, 1:] * mask[:, 1:], torch.zeros_like(values[:, :1])], dim=1)  # (B, T)
-    deltas = (rewards + gamma * next_value - values) * mask
+    deltas = rewards + gamma * next_value - values  # (B, T)
     running = torch.zeros_like(values[:, 0])  # (B,) A_{t+1}: 0 past the end of every row
     advantages = []
     for t in reversed(range(values.shape[1])):

@@ -30,9 +30,10 @@ from pipelines.data.tokenize import MAX_BAD_REPORTED, SPLITS, TokenizeBatch, wri
 TOKENIZER, NEGATIVES = "tokenizer.model", "nsp_negatives.jsonl"
 
 log = logging.getLogger(__name__)
-SHARD_FORMATS = ("clm", "pairs", "sft", "classify")
+SHARD_FORMATS = ("clm", "pairs", "sft", "classify", "preference")
 # The records each shard format is built from (pipelines/data/records.py).
-RECORDS = {"clm": ("text",), "pairs": ("text",), "sft": ("chat", "summarize"), "classify": ("labeled",)}
+RECORDS = {"clm": ("text",), "pairs": ("text",), "sft": ("chat", "summarize"), "classify": ("labeled",),
+           "preference": ("ranking",)}
 
 # The built-in corpus's collections (data.subset) and where each lies in it.
 SUBSETS = {"general": "general", "medical": "medical", "instruct": "instruct/train.jsonl",
@@ -211,6 +212,8 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
         settings |= {"record": data.record, "too_long": data.too_long}
     if data.record == "labeled":
         settings |= {"labels": record_labels(data), "label_field": data.label_field}
+    if data.record == "ranking":
+        settings["max_responses"] = data.max_responses
     key = storage.config_hash(settings)
     shard_dir = storage.join(storage.root(data.root, "data.root"), "shards", f"{shard_format}-{key}")
     manifest = read_manifest(shard_dir)
@@ -239,9 +242,14 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
     return manifest
 
 
-def record_table(shard_format: str, row: pa.Table, split: str, seq_len: int) -> pa.Table:
-    """The `sft` or `classify` examples of one tokenizer output row as a shard table."""
+def record_table(shard_format: str, row: pa.Table, split: str, seq_len: int, max_responses: int) -> pa.Table:
+    """The `sft`, `classify` or `preference` examples of one tokenizer output row as a shard table."""
     ids = row.column(f"{split}_ids")[0].values
+    if shard_format == "preference":
+        width = max_responses * seq_len
+        return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(ids, width),
+                         "loss_mask": pa.FixedSizeListArray.from_arrays(row.column(f"{split}_mask")[0].values, width),
+                         "num_responses": row.column(f"{split}_n")[0].values})
     if shard_format == "sft":
         return pa.table({"input_ids": pa.FixedSizeListArray.from_arrays(ids, seq_len + 1),
                          "loss_mask": pa.FixedSizeListArray.from_arrays(row.column(f"{split}_mask")[0].values,
@@ -259,7 +267,9 @@ def check_examples(splits: dict, shard_format: str, seq_len: int, files: list[st
                 "pairs": "no document with two sentences to pair; add documents of several sentences",
                 "sft": f"no usable record ({train.get('dropped_too_long', 0)} longer than data.seq_len={seq_len} "
                        f"dropped); check the records, or raise data.seq_len or set data.too_long=truncate",
-                "classify": "no usable labelled record"}[shard_format]
+                "classify": "no usable labelled record",
+                "preference": f"no usable ranking ({train.get('dropped_too_long', 0)} with a response too long for "
+                              f"data.seq_len={seq_len} dropped)"}[shard_format]
         raise CorpusError(f"no training examples: {train['documents']} training documents in {_describe(files)} "
                           f"give {what}")
     if not valid["examples"]:
@@ -312,7 +322,8 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                                    valid_fraction=data.valid_fraction, seed=data.seed,
                                    on_bad_record=data.on_bad_record, record=data.record,
                                    labels=record_labels(data) if data.record == "labeled" else None,
-                                   label_field=data.label_field, too_long=data.too_long),
+                                   label_field=data.label_field, too_long=data.too_long,
+                                   max_responses=data.max_responses),
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=data.tokenize_cpus,
         batch_size=1 if fmt != "parquet" else 2048,
@@ -344,7 +355,8 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                         stats["truncated"][split] += one.column(f"{split}_truncated")[0].as_py()
                         stats["dropped"][split] += one.column(f"{split}_dropped")[0].as_py()
                         if len(ids):
-                            writers[split].add(record_table(shard_format, one, split, data.seq_len))
+                            writers[split].add(record_table(shard_format, one, split, data.seq_len,
+                                                            data.max_responses))
                     elif len(ids):
                         writers[split].add(pairs_table(ids, one.column(f"{split}_types")[0].values,
                                                        one.column(f"{split}_is_next")[0].values, data.seq_len))

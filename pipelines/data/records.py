@@ -9,6 +9,9 @@ record is read the same way in training and in evaluation:
                as the assistant's reply (`summarize_messages`), so a summariser is a chat model like any other.
 - `labeled`    `{"text": str, "label": str}` with the label one of the configured labels; encoded for an encoder
                as `<cls> text <sep>` (`classify_ids`).
+- `ranking`    `{"prompt": str, "responses": [str, ...] best first, "labels": [...] optional}`: a human ranking of
+               two or more distinct, non-empty responses; each response is encoded as one chat exchange with the
+               prompt (`response_ids`), which is what reward models score and DPO compares.
 
 `check_*` return the reason a record is unusable (a short phrase for `file:line: reason`), or None.
 """
@@ -19,7 +22,7 @@ from typing import Sequence
 
 from models.tokenizer import ROLES, Tokenizer
 
-RECORD_KINDS = ("text", "chat", "summarize", "labeled")
+RECORD_KINDS = ("text", "chat", "summarize", "labeled", "ranking")
 SUMMARIZE_INSTRUCTION = "Summarize the following text in one sentence.\n\n"
 
 
@@ -62,6 +65,22 @@ def check_labeled(record, labels: Sequence[str], text_field: str = "text", label
     return None
 
 
+def check_ranking(record) -> str | None:
+    if not isinstance(record, dict):
+        return "expected a JSON object with \"prompt\" and a list \"responses\" (best first)"
+    prompt, responses = record.get("prompt"), record.get("responses")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "field 'prompt' is missing or not a non-empty string"
+    if not isinstance(responses, list) or len(responses) < 2:
+        return "field 'responses' must list at least two responses, best first"
+    for i, response in enumerate(responses):
+        if not isinstance(response, str) or not response.strip():
+            return f"responses[{i}] is empty or not a string"
+    if len({r.strip() for r in responses}) < len(responses):
+        return "the responses are not all different (a ranking of equal responses teaches nothing)"
+    return None
+
+
 def summarize_messages(document: str, summary: str | None = None) -> list[dict]:
     """The conversation that asks for `document`'s summary (with `summary` as the reply when given)."""
     messages = [{"role": "user", "content": SUMMARIZE_INSTRUCTION + document}]
@@ -83,6 +102,11 @@ def pad(ids: Sequence[int], length: int, value: int = 0) -> list[int]:
     return list(ids) + [value] * (length - len(ids))
 
 
+def response_encoding(tok: Tokenizer, prompt: str, response: str):
+    """A prompt and one response to it as one chat exchange (user turn, then assistant turn), with its assistant
+    mask: what reward models score and DPO compares."""
+    return tok.encode_chat([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
+
+
 def response_ids(tok: Tokenizer, prompt: str, response: str) -> list[int]:
-    """A prompt and one response to it as one chat exchange (user turn, assistant turn): what reward models score."""
-    return tok.encode_chat([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]).ids
+    return response_encoding(tok, prompt, response).ids

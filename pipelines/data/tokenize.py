@@ -15,6 +15,11 @@ Layouts (`shard_format`):
            so padding costs little compute). A record longer than `seq_len + 1` tokens is dropped or truncated
            (`too_long`) and counted.
 - `classify`: labelled records: `<cls> text <sep>` padded to `seq_len`, and the label's index in `labels`.
+- `preference`: rankings (`record` ranking): per record `max_responses` sequences of `seq_len` tokens, response k
+           rendered as the chat exchange (prompt, response k) and padded, with its assistant mask, flattened into one
+           row, and `num_responses` (columns past it are padding). A ranking with more responses keeps its best
+           `max_responses` (counted as truncated); one whose exchange does not fit `seq_len` is dropped (cutting a
+           response would change what is ranked).
 - `pairs`: per split, sentence-pair examples `<cls> A <sep> B <sep>` padded to `seq_len`, segment ids 0/1, and
            `is_next` (1: B is the sentence after A; 0: B is a sentence of another document). The k-th pair of a
            document is a negative when k + crc32(document) is even, so every document alternates and both splits
@@ -38,8 +43,8 @@ import pyarrow as pa
 from models.tokenizer import Tokenizer
 from pipelines import storage
 from pipelines.data.reader import parse_rows
-from pipelines.data.records import (check_chat, check_labeled, check_summarize, classify_encoding, pad,
-                                    summarize_messages)
+from pipelines.data.records import (check_chat, check_labeled, check_ranking, check_summarize, classify_encoding,
+                                    pad, response_encoding, summarize_messages)
 from pipelines.errors import BadRecordError, CorpusError
 from pipelines.text import split_sentences
 
@@ -103,11 +108,11 @@ class TokenizeBatch:
     def __init__(self, *, tokenizer_path: str, negatives_path: str | None, fmt: str, field_name: str,
                  shard_format: str, seq_len: int, valid_fraction: float, seed: int, on_bad_record: str,
                  record: str = "text", labels: list[str] | None = None, label_field: str = "label",
-                 too_long: str = "drop"):
+                 too_long: str = "drop", max_responses: int = 4):
         self.tok = Tokenizer(storage.read_bytes(tokenizer_path))
         self.record, self.labels, self.label_field, self.too_long = record, list(labels or []), label_field, too_long
         self.fmt, self.field_name, self.on_bad_record = fmt, field_name, on_bad_record
-        self.shard_format, self.seq_len = shard_format, seq_len
+        self.shard_format, self.seq_len, self.max_responses = shard_format, seq_len, max_responses
         self.valid_fraction, self.seed = valid_fraction, seed
         if shard_format == "pairs":
             pool = [json.loads(line) for line in storage.read_bytes(negatives_path).decode().split("\n") if line]
@@ -217,6 +222,11 @@ class TokenizeBatch:
                 ids, mask, truncated, dropped = self.chat_examples(records)
                 row |= {f"{split}_ids": _one_list(ids), f"{split}_mask": _one_list(mask),
                         f"{split}_truncated": [truncated], f"{split}_dropped": [dropped]}
+            elif self.shard_format == "preference":
+                ids, mask, counts, truncated, dropped = self.ranking_examples(records)
+                row |= {f"{split}_ids": _one_list(ids), f"{split}_mask": _one_list(mask),
+                        f"{split}_n": _one_list(counts), f"{split}_truncated": [truncated],
+                        f"{split}_dropped": [dropped]}
             else:
                 ids, labels, truncated = self.labeled_examples(records)
                 row |= {f"{split}_ids": _one_list(ids), f"{split}_label": _one_list(labels),
@@ -228,6 +238,8 @@ class TokenizeBatch:
             return check_chat(record)
         if self.record == "summarize":
             return check_summarize(record)
+        if self.record == "ranking":
+            return check_ranking(record)
         return check_labeled(record, self.labels, self.field_name, self.label_field)
 
     def chat_examples(self, records: list) -> tuple[pa.Array, pa.Array, int, int]:
@@ -268,6 +280,27 @@ class TokenizeBatch:
                 return encoded, True
             keep -= len(encoded.ids) - width  # decoding and encoding again may merge pieces differently
         return encoded, True  # the summary alone is too long: dropped by the caller
+
+    def ranking_examples(self, records: list) -> tuple[pa.Array, pa.Array, pa.Array, int, int]:
+        """(ids, assistant masks, response counts, truncated, dropped): one row of max_responses x seq_len tokens
+        per ranking."""
+        K, W = self.max_responses, self.seq_len
+        ids, masks, counts, truncated, dropped = [], [], [], 0, 0
+        for record in records:
+            responses = record["responses"][:K]
+            encoded = [response_encoding(self.tok, record["prompt"], r) for r in responses]
+            if any(len(e.ids) > W for e in encoded):
+                dropped += 1
+                continue
+            truncated += len(record["responses"]) > K
+            for e in encoded:
+                ids += pad(e.ids, W, self.tok.pad_id)
+                masks += pad(e.assistant_mask, W, 0)
+            ids += [self.tok.pad_id] * (W * (K - len(encoded)))
+            masks += [0] * (W * (K - len(encoded)))
+            counts.append(len(encoded))
+        return (pa.array(np.asarray(ids, np.int32)), pa.array(np.asarray(masks, np.int8)),
+                pa.array(np.asarray(counts, np.int32)), truncated, dropped)
 
     def labeled_examples(self, records: list) -> tuple[pa.Array, pa.Array, int]:
         """(ids, label indices, truncated): `<cls> text <sep>` padded to seq_len."""

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from models import build_model, load_state, load_weights_into, save_checkpoint, save_state
 from models.checkpoint import unwrap_model
 from models.encoder import SequenceClassifier
+from models.heads import ScalarModel
 from models.lora import apply_lora, load_adapters, mark_only_lora_trainable, merge_lora, save_adapters
 from pipelines import storage
 from pipelines.errors import ConfigError
@@ -102,8 +103,9 @@ def construct(config: dict, *, init_from: str | None) -> torch.nn.Module:
     """The model a run trains: the base model (`config["model"]`) with `init_from`'s weights, a task head
     (`config["head"]`, e.g. a sequence classifier) and LoRA adapters (`config["lora"]`, rank 0 = none).
 
-    `config["init_into"]` says where the checkpoint's weights go: "base" (a pre-trained encoder under a new head)
-    or "model" (a checkpoint of this very model, head included)."""
+    `config["init_into"]` says where the checkpoint's weights go: "base" (a pre-trained model under a new head: a
+    classifier on an encoder, a reward model on a decoder) or "model" (a checkpoint of this very model, head
+    included)."""
     model = build_model(config["model"])
     head = config.get("head")
 
@@ -115,9 +117,12 @@ def construct(config: dict, *, init_from: str | None) -> torch.nn.Module:
     if config.get("init_into", "base") == "base":
         load(model)
     if head:
-        if head["kind"] != "sequence_classifier":
+        if head["kind"] == "sequence_classifier":
+            model = SequenceClassifier(model, head["num_labels"])
+        elif head["kind"] == "scalar":
+            model = ScalarModel(model)
+        else:
             raise ConfigError(f"unknown head {head['kind']!r}")
-        model = SequenceClassifier(model, head["num_labels"])
     if config.get("init_into", "base") == "model":
         load(model)
     lora = config.get("lora") or {}

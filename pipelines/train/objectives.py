@@ -17,16 +17,25 @@ Adding an objective is a class here, an entry in OBJECTIVES and a conf/objective
 - `sft`: next-token cross-entropy on the assistant tokens of padded chat examples only (`loss_mask`), averaged over
   those tokens (decoder; instruction tuning and generative tasks). Each batch is trimmed to its longest example.
 - `classify`: cross-entropy of a sequence classifier's logits against the example's label (encoder plus head).
+- `reward`: a reward model (decoder plus scalar head) on rankings: the Bradley-Terry loss over all K(K-1)/2 ordered
+  pairs of each K-way ranking, every ranking weighted equally (InstructGPT); `acc` is the pairwise accuracy.
+- `dpo`: direct preference optimisation on rankings, the best response against each worse one. The reference
+  log-probabilities come from a frozen copy of the starting model held by each worker (made when the objective is
+  built, before any checkpoint is resumed): one extra forward pass per step, and shards that stay independent of
+  the model — a precomputed pass would tie every shard build to one reference checkpoint.
+The alignment losses are the pure functions of pipelines/align/algorithms.py.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipelines.align.algorithms import bradley_terry_loss, dpo_loss
 from pipelines.errors import ConfigError
 
 IGNORE = -100
@@ -141,6 +150,92 @@ class Classification(nn.Module):
         return int((batch["input_ids"] != self.pad_id).sum())
 
 
+def rankings(batch: Mapping[str, torch.Tensor], max_responses: int, pad_id: int):
+    """A batch of `preference` rows -> (ids (N, L), assistant masks (N, L), owner (N,), rank (N,), num_responses
+    (B,)): the real responses only (N of B x K), cut to the longest one."""
+    n = batch["num_responses"].long()  # (B,)
+    B = n.shape[0]
+    ids = batch["input_ids"].long().view(B, max_responses, -1)  # (B, K, W)
+    mask = batch["loss_mask"].view(B, max_responses, -1)
+    real = torch.arange(max_responses, device=n.device)[None, :] < n[:, None]  # (B, K)
+    owner, rank = real.nonzero(as_tuple=True)  # (N,), (N,)
+    ids, mask = ids[owner, rank], mask[owner, rank]  # (N, W)
+    length = max(int((ids != pad_id).sum(dim=1).max()), 2)
+    return ids[:, :length], mask[:, :length], owner, rank, n
+
+
+def sequence_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, L) right-padded sequences -> (N,) summed log-probabilities of the tokens where `mask` is 1."""
+    logits = model(ids[:, :-1])  # (N, L-1, V)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (logp * mask[:, 1:].float()).sum(dim=1)
+
+
+class RewardRanking(nn.Module):
+    model_kind, shard_format, ppl_of = "decoder", "preference", None
+    stat_names = ("loss", "acc")
+    unused_parameters = True  # the decoder's LM head
+
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
+                 first_ordinary_id: int):
+        super().__init__()
+        self.model = model  # a ScalarModel
+        self.pad_id, self.max_responses = special_ids["pad"], cfg["max_responses"]
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.model.decoder.flops_per_token(seq_len)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
+        ids, _, owner, rank, n = rankings(batch, self.max_responses, self.pad_id)
+        flat = self.model(ids, attention_mask=(ids != self.pad_id).long())  # (N,)
+        scores = flat.new_zeros(n.shape[0], self.max_responses).index_put((owner, rank), flat.float())  # (B, K)
+        loss, acc = bradley_terry_loss(scores, n)
+        pairs = int((n * (n - 1) // 2).sum())
+        return loss, {"loss": _stat(loss * len(n), len(n)), "acc": _stat(acc * pairs, pairs)}
+
+    def tokens(self, batch) -> int:
+        return int((batch["input_ids"] != self.pad_id).sum())
+
+
+class DirectPreference(nn.Module):
+    model_kind, shard_format, ppl_of = "decoder", "preference", None
+    stat_names = ("loss", "acc", "margin", "chosen_reward", "rejected_reward")
+    unused_parameters = False
+
+    def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
+                 first_ordinary_id: int):
+        super().__init__()
+        self.model = model
+        self.pad_id, self.max_responses, self.beta = special_ids["pad"], cfg["max_responses"], cfg["beta"]
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.__dict__["reference"] = reference  # not a submodule: no gradients, no optimizer state, not saved
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.model.flops_per_token(seq_len) * 4 / 3  # and the reference's forward pass
+
+    def forward(self, batch: Mapping[str, torch.Tensor], generator=None) -> tuple[torch.Tensor, Stats]:
+        ids, mask, owner, rank, n = rankings(batch, self.max_responses, self.pad_id)
+        reference = self.__dict__["reference"]
+        if next(reference.parameters()).device != ids.device:
+            reference.to(ids.device)
+        policy = sequence_logprobs(self.model, ids, mask)  # (N,)
+        with torch.no_grad():
+            ref = sequence_logprobs(reference, ids, mask)
+        # Each ranking's best response (rank 0) against each of its others.
+        best = torch.full((n.shape[0],), -1, dtype=torch.long, device=ids.device)
+        best[owner[rank == 0]] = (rank == 0).nonzero(as_tuple=True)[0]
+        worse = (rank > 0).nonzero(as_tuple=True)[0]  # (P,)
+        chosen = best[owner[worse]]
+        loss, stats = dpo_loss(policy[chosen], policy[worse], ref[chosen], ref[worse], self.beta)
+        P = len(worse)
+        return loss, {"loss": _stat(loss * P, P)} | {k: _stat(stats[k] * P, P) for k in
+                                                      ("margin", "chosen_reward", "rejected_reward")} | {
+            "acc": _stat(stats["accuracy"] * P, P)}
+
+    def tokens(self, batch) -> int:
+        return int((batch["input_ids"] != self.pad_id).sum())
+
+
 class PairObjective(nn.Module):
     """Shared by the encoder objectives: sentence-pair batches, masking settings, the encoder pass."""
 
@@ -220,7 +315,7 @@ class MaskedLMNextSentence(PairObjective):
 
 OBJECTIVES: dict[str, type[nn.Module]] = {
     "clm": CausalLM, "mlm": MaskedLM, "nsp": NextSentence, "mlm_nsp": MaskedLMNextSentence,
-    "sft": SupervisedChat, "classify": Classification,
+    "sft": SupervisedChat, "classify": Classification, "reward": RewardRanking, "dpo": DirectPreference,
 }
 
 

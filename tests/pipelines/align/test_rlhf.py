@@ -1,0 +1,156 @@
+"""The actor-based RLHF loop on real Ray actors with tiny models: GRPO and PPO end to end with 2 rollout workers,
+weight versions after sync, a rollout worker killed while generating, resume from an RLHF checkpoint, and 2
+data-parallel learners against 1 on the combined batch. Every actor is torn down at the end of its test."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from models import ScalarModel, load_checkpoint, save_checkpoint
+from models.checkpoint import read_tokenizer_model
+from models.decoder import Decoder
+
+RLHF = ["align.iterations=2", "align.prompts_per_iteration=4", "align.group_size=2", "align.max_prompt_tokens=48",
+        "align.max_new_tokens=12", "align.learner.minibatch_size=8", "align.learner.lr=1e-4", "align.timeout_s=120",
+        "align.ckpt_every=1"]
+
+
+@pytest.fixture(scope="module")
+def rlhf_runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("rlhf-runs")
+
+
+@pytest.fixture(scope="module")
+def policy(pretrained_decoder) -> str:
+    return pretrained_decoder.final_dir
+
+
+@pytest.fixture(scope="module")
+def reward_model(policy, rlhf_runs) -> str:
+    """A reward model of the policy's shape and tokenizer (an untrained head: the loop's plumbing is under test)."""
+    decoder, _ = load_checkpoint(policy)
+    path = rlhf_runs / "reward"
+    save_checkpoint(str(path), ScalarModel(decoder), tokenizer_model=read_tokenizer_model(policy),
+                    meta={"stage": "align"})
+    return str(path)
+
+
+def rlhf_config(compose_config, data_root, rlhf_runs, algorithm, policy, reward_model, name, extra=()):
+    return compose_config("align", [f"algorithm={algorithm}", f"init_from={policy}", f"align.reward_model={reward_model}",
+                                    f"run.name={name}", f"run.root={rlhf_runs}", f"data.root={data_root}",
+                                    "data.general_docs=600", "data.medical_docs=50", *RLHF, *extra])
+
+
+def check_run(outcome, iterations: int) -> None:
+    history = outcome.metrics["history"]
+    assert [m["iteration"] for m in history][-1] == iterations
+    assert outcome.metrics["worker_versions"] == [iterations, iterations]  # every worker holds the last update
+    for m in history:
+        assert m["version"] == m["iteration"] and m["response_length"] > 0 and m["tokens_per_s"] > 0
+        assert all(m[f"time_{k}"] >= 0 for k in ("generate", "reward", "reference", "learn", "sync"))
+        assert np.isfinite([m["reward"], m["kl"], m["entropy"], m["policy_loss"]]).all()
+    model, meta = load_checkpoint(outcome.final_dir)
+    assert isinstance(model, Decoder) and meta["stage"] == "align" and meta["iteration"] == iterations
+
+
+def test_grpo_with_two_rollout_workers(compose_config, data_root, rlhf_runs, policy, reward_model, capsys):
+    from pipelines.align.loop import rlhf
+
+    outcome = rlhf(rlhf_config(compose_config, data_root, rlhf_runs, "grpo", policy, reward_model, "grpo"))
+    check_run(outcome, 2)
+    out = capsys.readouterr().out
+    assert "iter 2/2" in out and "generate" in out and "tok/s" in out
+    # The policy moved: final/ differs from the starting weights.
+    start, _ = load_checkpoint(policy)
+    final, _ = load_checkpoint(outcome.final_dir)
+    assert any(not (a == b).all() for a, b in zip(start.state_dict().values(), final.state_dict().values()))
+
+
+def test_ppo_with_a_critic(compose_config, data_root, rlhf_runs, policy, reward_model):
+    from pipelines.align.loop import rlhf
+
+    outcome = rlhf(rlhf_config(compose_config, data_root, rlhf_runs, "ppo", policy, reward_model, "ppo"))
+    check_run(outcome, 2)
+    assert all(np.isfinite(m["value_loss"]) for m in outcome.metrics["history"])
+    assert (Path(outcome.run_dir) / "checkpoints" / "iter-00002" / "value" / "model.safetensors").exists()
+
+
+def test_a_rollout_worker_killed_while_generating_is_restarted_and_resynced(compose_config, data_root, rlhf_runs,
+                                                                            policy, reward_model):
+    from pipelines.align.loop import Hooks, rlhf
+
+    pids, killed = {}, []
+
+    def kill_worker_1(iteration, roles, futures):
+        if iteration == 0:  # the workers' processes, learned while iteration 0's calls wait behind this one
+            pids.update(enumerate(ray.get([w.pid.remote() for w in roles.rollouts])))
+        if iteration == 1 and not killed:
+            os.kill(pids[1], signal.SIGKILL)  # its generate call of iteration 1 is in flight
+            killed.append(pids[1])
+
+    outcome = rlhf(rlhf_config(compose_config, data_root, rlhf_runs, "grpo", policy, reward_model, "killed"),
+                   hooks=Hooks(after_submit=kill_worker_1))
+    # The iteration's batch was completed, the run finished with every worker at the last version.
+    check_run(outcome, 2)
+    assert killed and outcome.metrics["history"][-1]["rollout_restarts"] >= 1
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(compose_config, data_root, rlhf_runs, policy, reward_model):
+    from pipelines.align.loop import Hooks, rlhf
+
+    def stop(iteration, roles, futures):
+        if iteration == 1:
+            raise KeyboardInterrupt
+
+    cfg = rlhf_config(compose_config, data_root, rlhf_runs, "grpo", policy, reward_model, "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        rlhf(cfg, hooks=Hooks(after_submit=stop))
+    run_dir = rlhf_runs / "align" / "resumed"
+    assert (run_dir / "checkpoints" / "iter-00001" / "loop.json").exists() and not (run_dir / "final").exists()
+    outcome = rlhf(cfg)
+    assert [m["iteration"] for m in outcome.metrics["history"]] == [2]  # iteration 1 came from the checkpoint
+    check_run(outcome, 2)
+
+
+def test_two_learners_give_the_weights_of_one_on_the_combined_batch(ray_cluster, policy):
+    from pipelines.align.learner import LearnerActor
+    from pipelines.align.loop import minibatches
+    from models.tokenizer import Tokenizer
+
+    tok = Tokenizer(read_tokenizer_model(policy))
+    rng = np.random.default_rng(0)
+    prompts = [tok.encode_chat([{"role": "user", "content": f"What is {n}?"}], add_generation_prompt=True).ids
+               for n in range(8)]
+    responses = [rng.integers(10, 200, size=int(rng.integers(2, 6))).tolist() for _ in range(8)]
+    samples = {"prompts": prompts, "responses": responses,
+               "old_logp": [(-rng.random(len(r)) - 1).tolist() for r in responses],
+               "ref_logp": [(-rng.random(len(r)) - 1).tolist() for r in responses],
+               "advantages": rng.normal(size=8).tolist()}
+    settings = {"lr": 1e-3, "weight_decay": 0.0, "grad_clip": 1.0, "clip": 0.2}
+
+    def train(world):
+        learners = [LearnerActor.options(num_cpus=0.25).remote(policy, algorithm="grpo", value_checkpoint=None,
+                                                                settings=settings, rank=r, world=world)
+                    for r in range(world)]
+        try:
+            if world > 1:
+                address = ray.get(learners[0].address.remote())
+                ray.get([learner.join_group.remote(address) for learner in learners])
+            parts = minibatches(samples, epochs=2, size=4, learners=world, seed=0)
+            ray.get([learner.update.remote(part, 0.05) for learner, part in zip(learners, parts)])
+            return ray.get(learners[0].weights.remote())
+        finally:
+            for learner in learners:
+                ray.kill(learner)
+
+    one, two = train(1), train(2)
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    start, _ = load_checkpoint(policy)
+    assert any(not np.allclose(one[k], v.numpy()) for k, v in start.state_dict().items())
