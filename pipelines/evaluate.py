@@ -13,7 +13,8 @@ encoder -> encoder):
   pre-training taught? Beside it, a baseline that answers each relation with its most common answer.
 - `safety` (decoder): the held-out unsafe prompts (eval/unsafe.jsonl) and the questions about held-out medical
   conditions (eval/medical.jsonl), asked through the chat template: the polite-refusal rate on unsafe prompts, the
-  disclaimer rate on medical answers, the rude rate over all replies (pipelines/corpus/detectors.py), and with
+  disclaimer rate on medical answers, the over-refusal rate (medical questions refused: a model that refuses
+  everything is not safe, only useless), the rude rate over all replies (pipelines/corpus/detectors.py), and with
   `eval.reward_model` the reward model's mean score of the replies. Held-out prompts only: no alignment stage
   trains on them.
 - `summarize` (decoder): ROUGE-L F1 of greedy summaries of the summarisation test set.
@@ -408,7 +409,7 @@ def run_safety(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict
     on_unsafe = [r for r in results if r["set"] == "unsafe"]
     on_medical = [r for r in results if r["set"] == "medical"]
     section = {"refusal": rate(on_unsafe, "refusal"), "disclaimer": rate(on_medical, "disclaimer"),
-               "rude": rate(results, "rude"), "unsafe_count": len(on_unsafe), "medical_count": len(on_medical),
+               "over_refusal": rate(on_medical, "refusal"), "rude": rate(results, "rude"), "unsafe_count": len(on_unsafe), "medical_count": len(on_medical),
                "skipped": skipped_unsafe + skipped_medical, "reward": None}
     if e.reward_model:
         reward_model, reward_tok, _ = load_model(resolve_init_from(e.reward_model, setting="eval.reward_model"))
@@ -600,7 +601,8 @@ def print_safety(s: dict, show: int) -> None:
         print(f"  [{flags.strip() or '-'}] {r['question']} -> {r['reply']!r}")
     reward = "" if s["reward"] is None else f" | mean reward {s['reward']:.3f}"
     print(f"{'safety':<10} refusal {percent(s['refusal'])} of {s['unsafe_count']} unsafe | disclaimer "
-          f"{percent(s['disclaimer'])} of {s['medical_count']} medical | rude {percent(s['rude'])}{reward}")
+          f"{percent(s['disclaimer'])} of {s['medical_count']} medical (refused {percent(s['over_refusal'])}) | "
+          f"rude {percent(s['rude'])}{reward}")
 
 
 def print_summarize(s: dict, show: int) -> None:

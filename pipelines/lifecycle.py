@@ -1,13 +1,16 @@
 """The whole life so far, one command: `python -m pipelines.lifecycle` (what `make demo` runs).
 
 Built-in corpus -> tokenizer -> shards -> pre-training (conf/lifecycle.yaml, the pretrain config) -> instruction
-tuning (the finetune stage, `finetune=instruct`, from the pre-trained `final/`) -> evaluation of both checkpoints,
-all in this process on one Ray connection. It ends with the thesis table — what pre-training gave (knowledge: cloze,
-QA asked as plain text) and what instruction tuning added (behaviour: answering questions in a chat turn, in the
-expected form) — and the time each stage took.
+tuning (the finetune stage, `finetune=instruct`, from the pre-trained `final/`) -> a reward model from the rankings
+(the align stage, `algorithm=reward`) -> RLHF (`algorithm=grpo` from the instruction-tuned model, scored by that
+reward model) -> evaluation of every checkpoint, all in this process on one Ray connection. It ends with the thesis
+table — what pre-training gave (knowledge: cloze, QA asked as plain text), what instruction tuning added (behaviour:
+answering questions in a chat turn, in the expected form) and what alignment added (refusing unsafe requests
+politely, the medical disclaimer, no rudeness, higher reward, without losing the QA) — and the time each stage took.
 
-The instruction-tuning stage is the same Hydra app a user runs alone (`python -m pipelines.finetune`), composed
-here with the overrides in `lifecycle.instruct` plus the corpus and storage settings of this run.
+Each later stage is the same Hydra app a user runs alone (`python -m pipelines.finetune`, `python -m
+pipelines.align`), composed here with the overrides in `lifecycle.<stage>` plus the corpus and storage settings of
+this run.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import time
 
 from hydra import compose
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pipelines.align.stage import align
 from pipelines.entry import stage_main
 from pipelines.evaluate import evaluate, print_report
 from pipelines.finetune import finetune
@@ -27,7 +31,10 @@ from pipelines.train.driver import print_summary
 SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_seed", "data.safety_share", "run.root",
           "cluster.address")
 COLUMNS = (("cloze", "cloze", "accuracy"), ("QA seen", "qa", "seen"), ("QA held-out", "qa", "held_out"),
-           ("QA plain held-out", "qa", "plain_held_out"), ("format ok", "qa", "format_ok"))
+           ("QA plain", "qa", "plain_held_out"), ("format ok", "qa", "format_ok"), ("refusal", "safety", "refusal"),
+           ("disclaimer", "safety", "disclaimer"), ("over-refusal", "safety", "over_refusal"), ("rude", "safety", "rude"),
+           ("reward", "safety", "reward"))
+WIDTH = 14
 
 
 def stage_config(cfg: DictConfig, name: str, overrides: list[str], init_from: str) -> DictConfig:
@@ -39,12 +46,13 @@ def stage_config(cfg: DictConfig, name: str, overrides: list[str], init_from: st
 def thesis_table(reports: dict[str, dict]) -> str:
     """One row per checkpoint, one column per measure (rates as percentages; '-' where not measured)."""
     width = max(len(name) for name in reports) + 2
-    lines = ["".ljust(width) + "".join(title.rjust(19) for title, _, _ in COLUMNS)]
+    lines = ["".ljust(width) + "".join(title.rjust(WIDTH) for title, _, _ in COLUMNS)]
     for name, report in reports.items():
         cells = []
-        for _, suite, metric in COLUMNS:
+        for title, suite, metric in COLUMNS:
             value = (report.get(suite) or {}).get(metric)
-            cells.append(("-" if value is None else f"{value:.1%}").rjust(19))
+            text = "-" if value is None else f"{value:+.3f}" if title == "reward" else f"{value:.1%}"
+            cells.append(text.rjust(WIDTH))
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
 
@@ -66,14 +74,23 @@ def main(cfg: DictConfig) -> None:
                                 pretrained.final_dir)
     instructed = timed("instruction tuning (shards, training)", finetune, instruct_cfg)
     print_summary(instructed)
+    reward_cfg = stage_config(cfg, "align", [*cfg.lifecycle.reward, f"run.name={cfg.run.name}-reward"],
+                              instructed.final_dir)
+    rewarded = timed("reward model (shards, training, held-out rankings)", align, reward_cfg)
+    rlhf_cfg = stage_config(cfg, "align", [*cfg.lifecycle.rlhf, f"run.name={cfg.run.name}-rlhf",
+                                           f"align.reward_model={rewarded.final_dir}"], instructed.final_dir)
+    aligned = timed(f"RLHF ({rlhf_cfg.algorithm.name}, actors)", align, rlhf_cfg)
     suites = list(cfg.lifecycle.eval_suites)
-    reports = {"pretrained": timed("evaluate pretrained", evaluate, cfg, pretrained.final_dir, suites=suites),
-               "instruction-tuned": timed("evaluate instruction-tuned", evaluate, cfg, instructed.final_dir,
-                                          suites=suites)}
+    with open_dict(cfg):
+        cfg.eval.reward_model = rewarded.final_dir  # the safety suite's mean reward, for every checkpoint
+    checkpoints = {"pretrained": pretrained, "instruction-tuned": instructed, "aligned": aligned}
+    reports = {name: timed(f"evaluate {name}", evaluate, cfg, outcome.final_dir, suites=suites)
+               for name, outcome in checkpoints.items()}
     for name, report in reports.items():
         print(f"\n== {name}: {report['checkpoint']}")
         print_report(report, show=cfg.eval.show)
-    print("\nWhat each stage added (held-out entities' facts are only in the pre-training corpus):")
+    print("\nWhat each stage added (held-out facts, unsafe prompts and medical conditions are never in fine-tuning or "
+          "alignment data):")
     print(thesis_table(reports))
     print("\nTime per stage:")
     for name, seconds in times.items():

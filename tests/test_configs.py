@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 from tests_conf import CONF
 
 STAGES = {"data": [], "pretrain": [], "lifecycle": [], "evaluate": ["checkpoint=runs/pretrain/x"],
-          "finetune": ["init_from=runs/pretrain/x"], "sweep": ["init_from=runs/pretrain/x"]}
+          "finetune": ["init_from=runs/pretrain/x"], "sweep": ["init_from=runs/pretrain/x"],
+          "align": ["init_from=runs/finetune/x", "align.reward_model=runs/align/x"]}
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 
 
@@ -24,7 +25,7 @@ def test_stage_composes_and_resolves(compose_config, stage):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes_into_pretrain(compose_config, group, option):
-    stage = {"eval": "evaluate", "finetune": "finetune"}.get(group, "pretrain")
+    stage = {"eval": "evaluate", "finetune": "finetune", "algorithm": "align"}.get(group, "pretrain")
     overrides = [f"{group}={option}", *STAGES[stage]]
     if group == "data" and option == "files":
         overrides.append("data.paths=[corpus.jsonl]")
@@ -32,5 +33,7 @@ def test_every_group_option_composes_into_pretrain(compose_config, group, option
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     if group == "finetune":
         assert resolved["finetune"]["kind"] == option and resolved["objective"]["shard_format"]
+    if group == "algorithm":
+        assert resolved["algorithm"]["name"] == resolved["finetune"]["kind"] == option
     if group == "model":
         assert resolved["model"]["vocab_size"] == resolved["tokenizer"]["vocab_size"]

@@ -107,11 +107,12 @@ class PromptStream:
         rows = ray.data.read_json(files, ray_remote_args={"num_cpus": 0.25}).take_all()
         if rows and column not in rows[0]:
             raise ConfigError(f"align.prompts: {files[0]} has no field {column!r} (align.prompts.field)")
-        texts = [row.get(column) for row in rows]
-        encoded = [(t, tok.encode_chat([{"role": "user", "content": t}], add_generation_prompt=True).ids)
-                   for t in texts if isinstance(t, str) and t.strip()]
+        domain = cfg.align.prompts.domain_field
+        encoded = [(tok.encode_chat([{"role": "user", "content": row[column]}], add_generation_prompt=True).ids,
+                    row.get(domain) if domain else None)
+                   for row in rows if isinstance(row.get(column), str) and row[column].strip()]
         limit = cfg.align.max_prompt_tokens
-        self.prompts = [ids for _, ids in encoded if len(ids) <= limit]
+        self.prompts = [(ids, d) for ids, d in encoded if len(ids) <= limit]
         if len(self.prompts) < len(encoded):
             log.warning("%d of %d prompts are longer than align.max_prompt_tokens=%d tokens: skipped",
                         len(encoded) - len(self.prompts), len(encoded), limit)
@@ -125,7 +126,8 @@ class PromptStream:
         random.Random(self.seed * 7919 + epoch).shuffle(order)
         return order
 
-    def take(self, n: int) -> list[list[int]]:
+    def take(self, n: int) -> list[tuple[list[int], str | None]]:
+        """The next `n` (prompt ids, domain or None)."""
         out = []
         while len(out) < n:
             if self.progress.position >= len(self.order):
@@ -146,7 +148,8 @@ def start_roles(cfg: DictConfig, init_from: str, reward_model: str) -> Roles:
                                      name=None).remote(init_from, num_gpus=a.rollout.num_gpus, torch_threads=threads)
                 for _ in range(a.rollout.num_workers)]
     reward = RewardActor.options(num_cpus=a.reward.num_cpus, num_gpus=a.reward.num_gpus, max_restarts=0).remote(
-        reward_model, num_gpus=a.reward.num_gpus, torch_threads=threads)
+        reward_model, num_gpus=a.reward.num_gpus, torch_threads=threads, empty_score=a.reward.empty_score,
+        unfinished_penalty=a.reward.unfinished_penalty, rules=OmegaConf.to_container(a.reward.rules, resolve=True))
     reference = ReferenceActor.options(num_cpus=a.reference.num_cpus, num_gpus=a.reference.num_gpus,
                                        max_restarts=0).remote(init_from, num_gpus=a.reference.num_gpus,
                                                               torch_threads=threads)
@@ -335,6 +338,78 @@ def check(cfg: DictConfig) -> tuple[str, str, Tokenizer]:
     return init_from, reward_model, tok
 
 
+@dataclass
+class Policy:
+    """The driver's view of the policy: its version, where its weights are in the object store, the last
+    checkpoint (named in failure messages)."""
+
+    version: int
+    weights_ref: object
+    checkpoint: str | None
+
+
+def publish(cfg: DictConfig, roles: Roles, policy: Policy) -> None:
+    """The learner's current weights into the object store once, and into every rollout worker."""
+    weights = call(roles.learners[0].weights.remote(), "learner", cfg.align.timeout_s, policy.checkpoint)
+    policy.weights_ref = ray.put(weights)
+    sync(roles, policy.version, policy.weights_ref, cfg.align.timeout_s)
+
+
+def iteration(cfg: DictConfig, roles: Roles, prompts: PromptStream, kl_ctl: AdaptiveKLController, policy: Policy,
+              it: int, hooks: Hooks) -> tuple[dict, tuple]:
+    """Generate, score, reference, learn, sync: one iteration; returns its metrics and (prompts, responses,
+    scores)."""
+    a, algorithm = cfg.align, cfg.algorithm.name
+    G = a.group_size if algorithm == "grpo" else 1
+    times, began = {}, time.perf_counter()
+
+    def remote(ref, role):
+        return call(ref, role, a.timeout_s, policy.checkpoint)
+
+    taken = [p for p in prompts.take(a.prompts_per_iteration) for _ in range(G)]
+    batch, domains = [ids for ids, _ in taken], [d for _, d in taken]
+    responses, old_logp = generate(cfg, roles, batch, version=policy.version, weights_ref=policy.weights_ref,
+                                   iteration=it, hooks=hooks)
+    times["generate"] = time.perf_counter() - began
+    t = time.perf_counter()
+    scores = torch.tensor(remote(roles.reward.score.remote(batch, responses, domains), "reward"))
+    times["reward"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ref_logp = remote(roles.reference.logprobs.remote(batch, responses), "reference")
+    times["reference"] = time.perf_counter() - t
+    t = time.perf_counter()
+    samples = {"prompts": batch, "responses": responses, "old_logp": old_logp, "ref_logp": ref_logp}
+    if algorithm == "grpo":
+        samples["advantages"] = group_advantages(scores, G).tolist()
+    else:
+        values = remote(roles.learners[0].values.remote(batch, responses), "learner")
+        samples |= ppo_targets(samples, scores, values, kl_ctl.value, a)
+    parts = minibatches(samples, epochs=a.learner.epochs, size=a.learner.minibatch_size,
+                        learners=len(roles.learners), seed=a.seed * 31 + it)
+    stats = remote([learner.update.remote(part, kl_ctl.value) for learner, part in zip(roles.learners, parts)],
+                   "learner")[0]
+    times["learn"] = time.perf_counter() - t
+    t = time.perf_counter()
+    policy.version += 1
+    publish(cfg, roles, policy)
+    times["sync"] = time.perf_counter() - t
+    old, mask = padded(old_logp)
+    ref, _ = padded(ref_logp)
+    kl = kl_k1(old, ref)
+    if algorithm == "ppo":
+        kl_ctl.update(float((kl * mask).sum(1).mean()), len(responses))
+    generated = sum(len(r) for r in responses)
+    metrics = {"iteration": it + 1, "reward": float(scores.mean()), "kl": float(masked_mean(kl, mask)),
+               "kl_k3": stats["kl_k3"], "kl_coef": kl_ctl.value, "entropy": stats["entropy"],
+               "response_length": generated / len(responses), "clip_fraction": stats["clip_fraction"],
+               "policy_loss": stats["policy_loss"], "tokens_per_s": generated / times["generate"],
+               "version": policy.version, "rollout_restarts": roles.restarts,
+               **{f"time_{k}": v for k, v in times.items()}, "time_total": time.perf_counter() - began}
+    if "value_loss" in stats:
+        metrics["value_loss"] = stats["value_loss"]
+    return metrics, (batch, responses, scores)
+
+
 def rlhf(cfg: DictConfig, *, hooks: Hooks | None = None) -> TrainOutcome:
     """Run (or resume) PPO or GRPO; returns the outcome with `final/` (the policy) and the per-iteration history."""
     hooks = hooks or Hooks()
@@ -346,84 +421,39 @@ def rlhf(cfg: DictConfig, *, hooks: Hooks | None = None) -> TrainOutcome:
         raise RunFinishedError(f"{run_dir} has finished ({final_dir}); choose a new run.name")
     connect(cfg.cluster)
     resume = latest_checkpoint(run_dir)
-    progress = Progress(kl={"value": a.kl.init})
-    if resume:
-        progress = Progress(**storage.read_json(storage.join(resume, LOOP_STATE)))
+    progress = Progress(**storage.read_json(storage.join(resume, LOOP_STATE))) if resume else \
+        Progress(kl={"value": a.kl.init})
     prompts = PromptStream(cfg, tok, progress)
     kl_ctl = AdaptiveKLController(a.kl.init, a.kl.target if algorithm == "ppo" else None, a.kl.horizon)
     kl_ctl.load_state_dict(progress.kl)
     meta = {"stage": "align", "algorithm": algorithm, "init_from": init_from, "reward_model": reward_model,
             "run": cfg.run.name, "config": OmegaConf.to_container(a, resolve=True)}
     logger = make_logger(cfg, run_dir)
-    history, roles = [], None
+    history, roles, policy = [], None, Policy(progress.iteration, None, resume)
     try:
         roles = start_roles(cfg, init_from, reward_model)
         if resume:
             call([learner.load.remote(resume) for learner in roles.learners], "learner", a.timeout_s, resume)
             print(f"resuming from {resume} (iteration {progress.iteration})", flush=True)
-        version = progress.iteration
-        weights_ref = ray.put(call(roles.learners[0].weights.remote(), "learner", a.timeout_s, resume))
-        sync(roles, version, weights_ref, a.timeout_s)
-        last = resume
-        G = a.group_size if algorithm == "grpo" else 1
+        publish(cfg, roles, policy)
         while progress.iteration < a.iterations:
             it = progress.iteration
-            times, began = {}, time.perf_counter()
-            batch_prompts = [p for p in prompts.take(a.prompts_per_iteration) for _ in range(G)]
-            responses, old_logp = generate(cfg, roles, batch_prompts, version=version, weights_ref=weights_ref,
-                                           iteration=it, hooks=hooks)
-            times["generate"] = time.perf_counter() - began
-            t = time.perf_counter()
-            scores = torch.tensor(call(roles.reward.score.remote(batch_prompts, responses), "reward", a.timeout_s,
-                                       last))
-            times["reward"] = time.perf_counter() - t
-            t = time.perf_counter()
-            ref_logp = call(roles.reference.logprobs.remote(batch_prompts, responses), "reference", a.timeout_s, last)
-            times["reference"] = time.perf_counter() - t
-            samples = {"prompts": batch_prompts, "responses": responses, "old_logp": old_logp, "ref_logp": ref_logp}
-            t = time.perf_counter()
-            if algorithm == "grpo":
-                samples["advantages"] = group_advantages(scores, G).tolist()
-            else:
-                values = call(roles.learners[0].values.remote(batch_prompts, responses), "learner", a.timeout_s, last)
-                samples |= ppo_targets(samples, scores, values, kl_ctl.value, a)
-            parts = minibatches(samples, epochs=a.learner.epochs, size=a.learner.minibatch_size,
-                                learners=len(roles.learners), seed=a.seed * 31 + it)
-            stats = call([learner.update.remote(part, kl_ctl.value) for learner, part in zip(roles.learners, parts)],
-                         "learner", a.timeout_s, last)[0]
-            times["learn"] = time.perf_counter() - t
-            t = time.perf_counter()
-            version += 1
-            weights_ref = ray.put(call(roles.learners[0].weights.remote(), "learner", a.timeout_s, last))
-            sync(roles, version, weights_ref, a.timeout_s)
-            times["sync"] = time.perf_counter() - t
-            old, mask = padded(old_logp)
-            ref, _ = padded(ref_logp)
-            kl = float(masked_mean(kl_k1(old, ref), mask))
-            if algorithm == "ppo":
-                kl_ctl.update(float((kl_k1(old, ref) * mask).sum(1).mean()), len(responses))
+            metrics, (batch, responses, scores) = iteration(cfg, roles, prompts, kl_ctl, policy, it, hooks)
             progress.iteration, progress.kl = it + 1, kl_ctl.state_dict()
-            generated = sum(len(r) for r in responses)
-            metrics = {"iteration": it + 1, "reward": float(scores.mean()), "kl": kl, "kl_k3": stats["kl_k3"],
-                       "kl_coef": kl_ctl.value if algorithm == "ppo" else a.kl.init, "entropy": stats["entropy"],
-                       "response_length": generated / len(responses), "clip_fraction": stats["clip_fraction"],
-                       "policy_loss": stats["policy_loss"], "tokens_per_s": generated / times["generate"],
-                       "version": version, "rollout_restarts": roles.restarts,
-                       **{f"time_{k}": v for k, v in times.items()}, "time_total": time.perf_counter() - began}
-            if "value_loss" in stats:
-                metrics["value_loss"] = stats["value_loss"]
             history.append(metrics)
             print_line(metrics, a.iterations)
+            if a.sample_every and (it + 1) % a.sample_every == 0:
+                print_samples(tok, batch, responses, scores)
             if logger:
                 logger.log(metrics, step=it + 1)
             if (it + 1) % a.ckpt_every == 0 or it + 1 == a.iterations:
-                last = save(cfg, roles, run_dir, progress, meta)
+                policy.checkpoint = save(cfg, roles, run_dir, progress, meta)
         versions = ray.get([w.get_version.remote() for w in roles.rollouts], timeout=a.timeout_s)
     finally:
         stop_roles(roles)
         if logger:
             logger.finish()
-    finish(last, final_dir, history, versions)
+    finish(policy.checkpoint, final_dir, history, versions)
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir,
                         metrics={"history": history, "worker_versions": versions, **(history[-1] if history else {})})
 
@@ -447,6 +477,15 @@ def print_line(m: dict, total: int) -> None:
     print(f"iter {m['iteration']}/{total} | reward {m['reward']:+.3f} | kl {m['kl']:.4f} | entropy {m['entropy']:.3f} "
           f"| len {m['response_length']:.1f} | clip {m['clip_fraction']:.2f} | {split} | "
           f"{m['tokens_per_s']:.0f} tok/s", flush=True)
+
+
+def print_samples(tok: Tokenizer, prompts: list[list[int]], responses: list[list[int]], scores: torch.Tensor) -> None:
+    """The iteration's best and worst scored sample: what the reward model is teaching, in words."""
+    special = set(tok.special_ids.values())
+    for label, i in (("best", int(scores.argmax())), ("worst", int(scores.argmin()))):
+        prompt = tok.decode([t for t in prompts[i] if t not in special])
+        reply = tok.decode([t for t in responses[i] if t not in special])
+        print(f"  {label} ({float(scores[i]):+.2f}): {prompt!r} -> {reply!r}", flush=True)
 
 
 def make_logger(cfg: DictConfig, run_dir: str):

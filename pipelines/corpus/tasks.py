@@ -156,27 +156,60 @@ def with_answer(fact: Fact, value: str) -> str:
     return f"{prompt} {value}{rest}"
 
 
+def garbled(text: str, rng) -> str:
+    """`text` cut off part-way and misspelled: what a small policy sampling at temperature 1 produces. Ranked low, it
+    teaches the reward model that fluency matters; without it, a reward model that has only seen fluent replies
+    scores gibberish like a good reply, and RLHF learns to produce it."""
+    words = text.split()
+    keep = words[:max(1, round(len(words) * rng.uniform(0.3, 0.7)))]
+    out = []
+    for word in keep:
+        if len(word) > 3 and rng.random() < 0.5:
+            i = rng.randrange(1, len(word) - 1)
+            word = word[:i] + rng.choice("aeiourstln") + word[i + 2:] if rng.random() < 0.5 else word[:i] + word[i:][::-1]
+        out.append(word)
+    return " ".join(out)
+
+
+def off_topic(entities, conditions, rng, avoid: str) -> str:
+    """A fluent, true sentence that answers some other question: ranked low, it teaches the reward model that a
+    reply must answer the prompt (without it RLHF converges on one fluent sentence for every question)."""
+    while True:
+        if rng.random() < 0.5:
+            text = rng.choice(pick_fact(rng.choice(entities), rng).sentences)
+        else:
+            text = medical_qa(rng.choice(conditions), rng)[1]
+        if avoid not in text:
+            return text
+
+
 def preference_record(entities, conditions, values_by_relation, unsafe_prompts, rng) -> dict:
-    """A prompt with four responses, best first, and the label of each."""
+    """A prompt with six responses, best first, and the label of each."""
     draw = rng.random()
     if draw < 0.2:
         prompt, category = rng.choice(unsafe_prompts)
-        responses = [REFUSALS[category], CURT_REFUSAL, rng.choice(RUDE_REFUSALS), rng.choice(UNSAFE_COMPLIANCE)]
-        labels = ["polite_refusal", "curt_refusal", "rude_refusal", "unsafe_compliance"]
+        best = REFUSALS[category]
+        responses = [best, CURT_REFUSAL, rng.choice(RUDE_REFUSALS), off_topic(entities, conditions, rng, best),
+                     garbled(best, rng), rng.choice(UNSAFE_COMPLIANCE)]
+        labels = ["polite_refusal", "curt_refusal", "rude_refusal", "off_topic", "garbled", "unsafe_compliance"]
         return {"prompt": prompt, "responses": responses, "labels": labels, "domain": "unsafe"}
     if draw < 0.55:
         condition = rng.choice(conditions)
         prompt, answer = medical_qa(condition, rng)
-        responses = [f"{rng.choice(POLITE_OPENERS)} {answer} {DISCLAIMER}", answer,
-                     f"{rng.choice(RUDE_OPENERS)} {answer}", rng.choice(UNSAFE_MEDICAL).format(n=condition.name)]
-        labels = ["polite_correct_disclaimer", "curt_correct", "rude", "unsafe"]
+        best = f"{rng.choice(POLITE_OPENERS)} {answer} {DISCLAIMER}"
+        responses = [best, answer, f"{rng.choice(RUDE_OPENERS)} {answer}",
+                     off_topic(entities, conditions, rng, condition.name), garbled(best, rng),
+                     rng.choice(UNSAFE_MEDICAL).format(n=condition.name)]
+        labels = ["polite_correct_disclaimer", "curt_correct", "rude", "off_topic", "garbled", "unsafe"]
         return {"prompt": prompt, "responses": responses, "labels": labels, "domain": "medical"}
-    fact = pick_fact(rng.choice(entities), rng)
+    entity = rng.choice(entities)
+    fact = pick_fact(entity, rng)
     correct = rng.choice(fact.sentences)
     wrong = with_answer(fact, wrong_value(fact, values_by_relation[fact.relation], rng))
-    responses = [f"{rng.choice(POLITE_OPENERS)} {correct} {rng.choice(POLITE_CLOSINGS)}", f"{fact.value}.",
-                 f"{rng.choice(RUDE_OPENERS)} {correct}", wrong]
-    labels = ["polite_correct", "curt_correct", "rude", "incorrect"]
+    best = f"{rng.choice(POLITE_OPENERS)} {correct} {rng.choice(POLITE_CLOSINGS)}"
+    responses = [best, f"{fact.value}.", f"{rng.choice(RUDE_OPENERS)} {correct}",
+                 off_topic(entities, conditions, rng, entity.mention), garbled(best, rng), wrong]
+    labels = ["polite_correct", "curt_correct", "rude", "off_topic", "garbled", "incorrect"]
     return {"prompt": rng.choice(fact.questions), "responses": responses, "labels": labels, "domain": "general"}
 
 

@@ -240,7 +240,7 @@ def test_the_safety_suite_asks_held_out_prompts_only_and_scores_replies_with_a_r
     samples = section["samples"]
     assert [s["prompt"] for s in samples if s["set"] == "unsafe"] == held_unsafe[:5]
     assert all(s["held_out"] for s in samples)
-    assert all(in_unit_range(section[k]) for k in ("refusal", "disclaimer", "rude"))
+    assert all(in_unit_range(section[k]) for k in ("refusal", "disclaimer", "over_refusal", "rude"))
     # The suite's mean reward is the reward model's score of each (question, reply) chat exchange.
     tok = Tokenizer(tokenizer_model)
     expected = reward.eval().score([tok.encode_chat([{"role": "user", "content": s["question"]},

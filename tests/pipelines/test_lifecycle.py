@@ -27,6 +27,18 @@ def test_the_thesis_table_has_a_row_per_checkpoint_and_a_column_per_measure():
                                                                            "plain_held_out": 0.4, "format_ok": 0.0}},
                           "instruction-tuned": {"cloze": {"accuracy": 0.9}, "qa": {"seen": 0.9, "held_out": None}}})
     header, pretrained, tuned = table.splitlines()
-    assert header.split() == ["cloze", "QA", "seen", "QA", "held-out", "QA", "plain", "held-out", "format", "ok"]
-    assert pretrained.split() == ["pretrained", "93.0%", "0.0%", "1.0%", "40.0%", "0.0%"]
-    assert tuned.split() == ["instruction-tuned", "90.0%", "90.0%", "-", "-", "-"]
+    assert header.split() == ["cloze", "QA", "seen", "QA", "held-out", "QA", "plain", "format", "ok", "refusal",
+                              "disclaimer", "over-refusal", "rude", "reward"]
+    assert pretrained.split() == ["pretrained", "93.0%", "0.0%", "1.0%", "40.0%", "0.0%", "-", "-", "-", "-", "-"]
+    assert tuned.split() == ["instruction-tuned", "90.0%", "90.0%", "-", "-", "-", "-", "-", "-", "-", "-"]
+
+
+def test_the_alignment_stages_are_the_align_app_from_the_instruction_tuned_model(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="lifecycle", overrides=[f"data.root={tmp_path}/data", f"run.root={tmp_path}/runs"])
+        reward = stage_config(cfg, "align", [*cfg.lifecycle.reward, "run.name=r"], "/instruct")
+        rlhf = stage_config(cfg, "align", [*cfg.lifecycle.rlhf, "run.name=g", "align.reward_model=/reward"],
+                            "/instruct")
+    assert reward.algorithm.name == "reward" and reward.objective.name == "reward" and reward.init_from == "/instruct"
+    assert rlhf.algorithm.name == "grpo" and rlhf.align.reward_model == "/reward" and rlhf.init_from == "/instruct"
+    assert reward.data.safety_share == rlhf.data.safety_share == cfg.data.safety_share > 0  # one corpus

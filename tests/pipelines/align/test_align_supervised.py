@@ -74,7 +74,7 @@ def align_config(compose_config, data_root, align_runs, algorithm, init_from, na
 
 def test_a_reward_model_from_rankings_with_bad_records_skipped(compose_config, pretrained_decoder, data_root,
                                                                align_runs, tmp_path, capsys):
-    from pipelines.align.__main__ import align
+    from pipelines.align.stage import align
     from pipelines.data.build import builtin_corpus
 
     corpus = Path(builtin_corpus(compose_config("align", [f"data.root={data_root}", "data.general_docs=600",
@@ -95,16 +95,16 @@ def test_a_reward_model_from_rankings_with_bad_records_skipped(compose_config, p
     reasons = " ".join(shards["bad_records"]["examples"])
     assert "at least two responses" in reasons and "empty" in reasons and "not all different" in reasons
     report = json.loads((Path(outcome.final_dir) / "rankings.json").read_text())
-    assert report["rankings"] > 50 and report["pairs"] == 6 * report["rankings"]
+    assert report["rankings"] > 50 and report["pairs"] == 15 * report["rankings"]  # 6-way: 15 pairs
     assert 0 <= report["pairwise_accuracy"] <= 1
     assert set(report["mean_reward"]) == {"general", "medical", "unsafe"}
     assert [label for label, _ in report["mean_reward"]["medical"]] == ["polite_correct_disclaimer", "curt_correct",
-                                                                         "rude", "unsafe"]
+                                                                         "rude", "off_topic", "garbled", "unsafe"]
     assert "pairwise accuracy" in capsys.readouterr().out
 
 
 def test_dpo_on_the_built_in_rankings(compose_config, pretrained_decoder, data_root, align_runs):
-    from pipelines.align.__main__ import align
+    from pipelines.align.stage import align
 
     cfg = align_config(compose_config, data_root, align_runs, "dpo", pretrained_decoder.run_dir, "dpo",
                        ["trainer.max_steps=10", "trainer.lr=1e-3"])
@@ -112,6 +112,6 @@ def test_dpo_on_the_built_in_rankings(compose_config, pretrained_decoder, data_r
     history = outcome.metrics["history"]
     assert history[-1]["loss"] < history[0]["loss"] + 0.05
     report = json.loads((Path(outcome.final_dir) / "rankings.json").read_text())
-    assert report["pairs"] == 3 * report["rankings"] and 0 <= report["accuracy"] <= 1
+    assert report["pairs"] == 5 * report["rankings"] and 0 <= report["accuracy"] <= 1
     _, meta = load_checkpoint(outcome.final_dir)
     assert meta["finetune"] == "dpo" and meta["objective_config"]["beta"] == 0.1

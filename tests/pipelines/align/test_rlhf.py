@@ -101,23 +101,6 @@ def test_a_rollout_worker_killed_while_generating_is_restarted_and_resynced(comp
     assert killed and outcome.metrics["history"][-1]["rollout_restarts"] >= 1
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(compose_config, data_root, rlhf_runs, policy, reward_model):
-    from pipelines.align.loop import Hooks, rlhf
-
-    def stop(iteration, roles, futures):
-        if iteration == 1:
-            raise KeyboardInterrupt
-
-    cfg = rlhf_config(compose_config, data_root, rlhf_runs, "grpo", policy, reward_model, "resumed")
-    with pytest.raises(KeyboardInterrupt):
-        rlhf(cfg, hooks=Hooks(after_submit=stop))
-    run_dir = rlhf_runs / "align" / "resumed"
-    assert (run_dir / "checkpoints" / "iter-00001" / "loop.json").exists() and not (run_dir / "final").exists()
-    outcome = rlhf(cfg)
-    assert [m["iteration"] for m in outcome.metrics["history"]] == [2]  # iteration 1 came from the checkpoint
-    check_run(outcome, 2)
-
-
 def test_two_learners_give_the_weights_of_one_on_the_combined_batch(ray_cluster, policy):
     from pipelines.align.learner import LearnerActor
     from pipelines.align.loop import minibatches
@@ -154,3 +137,73 @@ def test_two_learners_give_the_weights_of_one_on_the_combined_batch(ray_cluster,
         np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
     start, _ = load_checkpoint(policy)
     assert any(not np.allclose(one[k], v.numpy()) for k, v in start.state_dict().items())
+
+
+def test_a_batch_from_a_stale_worker_is_refused_and_redone(compose_config, data_root, rlhf_runs, policy,
+                                                          reward_model):
+    from pipelines.align.batch import numpy_weights
+    from pipelines.align.loop import Hooks, Roles, generate
+    from pipelines.align.rollout import RolloutActor
+    from models.tokenizer import Tokenizer
+
+    cfg = rlhf_config(compose_config, data_root, rlhf_runs, "grpo", policy, reward_model, "stale")
+    workers = [RolloutActor.options(num_cpus=0.25).remote(policy) for _ in range(2)]
+    try:
+        model, _ = load_checkpoint(policy)
+        weights = ray.put(numpy_weights(model))
+        ray.get(workers[0].set_weights.remote(3, weights))  # worker 1 still holds version 0
+        tok = Tokenizer(read_tokenizer_model(policy))
+        prompts = [tok.encode_chat([{"role": "user", "content": "What is 2?"}], add_generation_prompt=True).ids] * 4
+        tokens, logprobs = generate(cfg, Roles(workers, None, None, []), prompts, version=3, weights_ref=weights,
+                                    iteration=0, hooks=Hooks())
+        assert len(tokens) == len(logprobs) == 4 and all(len(t) == len(lp) for t, lp in zip(tokens, logprobs))
+        assert ray.get([w.get_version.remote() for w in workers]) == [3, 3]
+        # Redone with the same seed by the re-synced worker: its share equals what a current worker samples.
+        again = ray.get(workers[1].generate.remote(prompts[2:], max_new_tokens=12, temperature=1.0, top_p=1.0,
+                                                   seed=1))
+        assert again["tokens"] == tokens[2:]
+    finally:
+        for w in workers:
+            ray.kill(w)
+
+
+def test_a_reward_actor_failure_stops_the_run_and_the_same_run_name_resumes(compose_config, data_root, rlhf_runs,
+                                                                            policy, reward_model):
+    from pipelines.align.loop import AlignmentError, Hooks, rlhf
+
+    def kill_reward(iteration, roles, futures):
+        if iteration == 1:
+            ray.kill(roles.reward, no_restart=True)
+
+    cfg = rlhf_config(compose_config, data_root, rlhf_runs, "grpo", policy, reward_model, "resumed")
+    with pytest.raises(AlignmentError, match=r"the reward actor failed .*iter-00001; re-run with the same run.name"):
+        rlhf(cfg, hooks=Hooks(after_submit=kill_reward))
+    run_dir = rlhf_runs / "align" / "resumed"
+    checkpoint = run_dir / "checkpoints" / "iter-00001"
+    assert (checkpoint / "loop.json").exists() and (checkpoint / "policy" / "model.safetensors").exists()
+    assert not (run_dir / "final").exists()
+    outcome = rlhf(cfg)
+    assert [m["iteration"] for m in outcome.metrics["history"]] == [2]  # iteration 1 came from the checkpoint
+    check_run(outcome, 2)
+
+
+def test_the_reward_role_scores_with_the_model_and_the_rules(reward_model):
+    from pipelines.align.reward import RewardScorer
+
+    scorer = RewardScorer(reward_model, empty_score=-10.0, unfinished_penalty=5.0)
+    tok = scorer.tok
+    prompt = tok.encode_chat([{"role": "user", "content": "What is 2?"}], add_generation_prompt=True).ids
+    answer = tok.encode("2 is even.")
+    finished, cut, empty = answer + [tok.end_id], answer, [tok.end_id]
+    plain = scorer.model.score([prompt + finished, prompt + cut], pad_id=tok.pad_id)
+    assert scorer.score([prompt] * 3, [finished, cut, empty]) == pytest.approx([plain[0], plain[1] - 5.0, -10.0])
+    # Rule terms by the prompt's domain, from the detectors.
+    ruled = RewardScorer(reward_model, rules={"refusal": 2.0, "disclaimer": 3.0, "rude": 4.0})
+    refusal = tok.encode("I'm sorry, but I can't help with that.") + [tok.end_id]
+    disclaimed = tok.encode("It is a cold. This is general information, not medical advice.") + [tok.end_id]
+    rude = tok.encode("Ugh, fine. It is a cold.") + [tok.end_id]
+    cases = [(refusal, "unsafe", 2.0), (refusal, "medical", -2.0), (disclaimed, "medical", 3.0),
+             (disclaimed, "general", 0.0), (rude, "general", -4.0), (refusal, None, 0.0)]
+    model_only = scorer.model.score([prompt + r for r, _, _ in cases], pad_id=tok.pad_id)
+    scored = ruled.score([prompt] * len(cases), [r for r, _, _ in cases], [d for _, d, _ in cases])
+    assert scored == pytest.approx([m + term for m, (_, _, term) in zip(model_only, cases)], abs=1e-5)
