@@ -14,8 +14,8 @@ in the preference data, which is where alignment learns them.
 import hashlib
 
 from pipelines.corpus.general import KIND_TOPICS, Entity, Fact, article, summary_of, varied_document
-from pipelines.corpus.medical import (CONDITIONS, DISCLAIMER, condition_sentences, medical_document, medical_qa,
-                                      medical_questions, medical_summary)
+from pipelines.corpus.medical import (CONDITIONS, DISCLAIMER, QUESTION_KINDS, condition_sentences, medical_answer,
+                                      medical_document, medical_qa, medical_questions, medical_summary)
 
 TOPICS = tuple(KIND_TOPICS.values()) + ("medicine",)
 
@@ -171,9 +171,12 @@ def garbled(text: str, rng) -> str:
     return " ".join(out)
 
 
-def off_topic(entities, conditions, rng, avoid: str) -> str:
+def off_topic(entities, conditions, rng, avoid: str, near: list[str] = ()) -> str:
     """A fluent, true sentence that answers some other question: ranked low, it teaches the reward model that a
-    reply must answer the prompt (without it RLHF converges on one fluent sentence for every question)."""
+    reply must answer the prompt (without it RLHF converges on one fluent sentence for every question). Half the
+    time it is one of `near` — another fact about the same subject, the hardest case to tell apart."""
+    if near and rng.random() < 0.5:
+        return rng.choice(list(near))
     while True:
         if rng.random() < 0.5:
             text = rng.choice(pick_fact(rng.choice(entities), rng).sentences)
@@ -197,8 +200,9 @@ def preference_record(entities, conditions, values_by_relation, unsafe_prompts, 
         condition = rng.choice(conditions)
         prompt, answer = medical_qa(condition, rng)
         best = f"{rng.choice(POLITE_OPENERS)} {answer} {DISCLAIMER}"
+        near = [a for kind, _ in QUESTION_KINDS if (a := medical_answer(condition, kind)) != answer]
         responses = [best, answer, f"{rng.choice(RUDE_OPENERS)} {answer}",
-                     off_topic(entities, conditions, rng, condition.name), garbled(best, rng),
+                     off_topic(entities, conditions, rng, condition.name, near), garbled(best, rng),
                      rng.choice(UNSAFE_MEDICAL).format(n=condition.name)]
         labels = ["polite_correct_disclaimer", "curt_correct", "rude", "off_topic", "garbled", "unsafe"]
         return {"prompt": prompt, "responses": responses, "labels": labels, "domain": "medical"}
@@ -207,8 +211,10 @@ def preference_record(entities, conditions, values_by_relation, unsafe_prompts, 
     correct = rng.choice(fact.sentences)
     wrong = with_answer(fact, wrong_value(fact, values_by_relation[fact.relation], rng))
     best = f"{rng.choice(POLITE_OPENERS)} {correct} {rng.choice(POLITE_CLOSINGS)}"
+    near = [f.sentences[0] for f in entity.facts if f.core and f.relation != fact.relation
+            and fact.value not in f.sentences[0]]
     responses = [best, f"{fact.value}.", f"{rng.choice(RUDE_OPENERS)} {correct}",
-                 off_topic(entities, conditions, rng, entity.mention), garbled(best, rng), wrong]
+                 off_topic(entities, conditions, rng, entity.mention, near), garbled(best, rng), wrong]
     labels = ["polite_correct", "curt_correct", "rude", "off_topic", "garbled", "incorrect"]
     return {"prompt": rng.choice(fact.questions), "responses": responses, "labels": labels, "domain": "general"}
 

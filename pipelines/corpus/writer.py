@@ -44,7 +44,7 @@ from pipelines.corpus.tasks import (TOPICS, UNSAFE_PROMPTS, classify_records, ev
                                     summarize_record)
 
 # Bump when the generated text changes for the same parameters, so that corpus_is_complete rejects old corpora.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 MANIFEST = "manifest.json"
 
 

@@ -86,7 +86,7 @@ def test_a_reward_model_from_rankings_with_bad_records_skipped(compose_config, p
     path = tmp_path / "rankings.jsonl"
     path.write_text("\n".join(good[:60] + bad + good[60:]) + "\n")
     cfg = align_config(compose_config, data_root, align_runs, "reward", pretrained_decoder.run_dir, "reward",
-                       ["data=files", f"data.paths=[{path}]", "data.format=jsonl", "trainer.max_steps=20"])
+                       ["data=files", f"data.paths=[{path}]", "data.format=jsonl", "trainer.max_steps=10"])
     outcome = align(cfg)
     model, meta = load_checkpoint(outcome.final_dir)
     assert isinstance(model, ScalarModel) and meta["finetune"] == "reward" and meta["stage"] == "align"
