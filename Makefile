@@ -29,6 +29,7 @@ bench: install
 	$(PY) -m benchmarks.tokenize_throughput
 	$(PY) -m benchmarks.generate_speed
 	$(PY) -m benchmarks.pretrain_throughput
+	$(PY) -m benchmarks.rlhf_iteration
 
 clean:
 	rm -rf outputs multirun data runs

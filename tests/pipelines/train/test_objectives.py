@@ -115,6 +115,6 @@ def test_flops_count_what_each_objective_runs():
 
 def test_unknown_objective_names_the_choices():
     with pytest.raises(ValueError, match=r"unknown objective 'gpt'; choose one of "
-                                         r"\['classify', 'clm', 'mlm', 'mlm_nsp', 'nsp', 'sft'\]"):
+                                         r"\['classify', 'clm', 'dpo', 'mlm', 'mlm_nsp', 'nsp', 'reward', 'sft'\]"):
         objective_class("gpt")
-    assert set(OBJECTIVES) == {"clm", "mlm", "nsp", "mlm_nsp", "sft", "classify"}
+    assert set(OBJECTIVES) == {"clm", "mlm", "nsp", "mlm_nsp", "sft", "classify", "reward", "dpo"}
