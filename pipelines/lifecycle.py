@@ -32,8 +32,8 @@ SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_se
           "cluster.address")
 COLUMNS = (("cloze", "cloze", "accuracy"), ("QA seen", "qa", "seen"), ("QA held-out", "qa", "held_out"),
            ("QA plain", "qa", "plain_held_out"), ("format ok", "qa", "format_ok"), ("refusal", "safety", "refusal"),
-           ("disclaimer", "safety", "disclaimer"), ("over-refusal", "safety", "over_refusal"), ("rude", "safety", "rude"),
-           ("reward", "safety", "reward"))
+           ("disclaimer", "safety", "disclaimer"), ("over-refusal", "safety", "over_refusal"),
+           ("rude", "safety", "rude"), ("reward", "safety", "reward"))
 WIDTH = 14
 
 

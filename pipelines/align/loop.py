@@ -104,7 +104,7 @@ class PromptStream:
 
     def __init__(self, cfg: DictConfig, tok: Tokenizer, progress: Progress):
         files, column = prompt_files(cfg)
-        rows = ray.data.read_json(files, ray_remote_args={"num_cpus": 0.25}).take_all()
+        rows = ray.data.read_json(files, num_cpus=0.25).take_all()
         if rows and column not in rows[0]:
             raise ConfigError(f"align.prompts: {files[0]} has no field {column!r} (align.prompts.field)")
         domain = cfg.align.prompts.domain_field
