@@ -79,11 +79,17 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Preallocated keys and values for incremental decoding, (n_layer, B, n_kv_head, max_len, head_dim) each.
+    """Preallocated keys and values for incremental decoding, (n_layer, slots, n_kv_head, max_len, head_dim) each.
 
-    All rows share one write offset, `length`: ragged prompts are left-padded so that they end together, and the
-    1/0 attention mask the caller passes (covering every cached slot plus the new tokens) marks the padding. Keys
-    are stored after the rotary embedding, so each row keeps its own positions.
+    Every slot (row) is one sequence with its own filled length, so a running batch can hold sequences of different
+    lengths, and a slot whose sequence ended is freed and reused by the next one (continuous batching). A forward
+    pass writes to the slots chosen with `select(slots)` — every slot, in order, by default — which then form its
+    batch rows:
+    - slots of equal length take any number of new tokens at once (a prefill, or `models.generate`'s left-padded
+      batch, whose 1/0 attention mask marks the padding inside the cached positions);
+    - slots of different lengths ("ragged") take one token each; the decoder then builds the mask and the positions
+      from the slots' lengths (`ragged_mask`).
+    Keys are stored after the rotary embedding, so each row keeps its own positions.
     """
 
     def __init__(self, cfg: DecoderConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32):
@@ -91,19 +97,75 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.length = 0  # slots filled so far, the same for every row
+        self.lengths = [0] * batch_size  # filled positions per slot
+        self._rows: list[int] | None = None  # the slots of the forward pass in progress; None = every slot
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.lengths)
+
+    def select(self, slots=None) -> "KVCache":
+        """Make `slots` (slot ids, in batch-row order; None = every slot) the rows of the next forward passes."""
+        if slots is not None:
+            slots = [int(s) for s in slots]
+            if not slots or min(slots) < 0 or max(slots) >= self.num_slots or len(set(slots)) != len(slots):
+                raise ValueError(f"slots must be distinct ids in [0, {self.num_slots}), got {slots}")
+        self._rows = slots
+        return self
+
+    @property
+    def rows(self) -> list[int]:
+        return list(range(self.num_slots)) if self._rows is None else self._rows
+
+    @property
+    def length(self) -> int:
+        """Cached positions before the new tokens: the longest selected slot."""
+        return max(self.lengths[r] for r in self.rows)
+
+    @property
+    def ragged(self) -> bool:
+        return len({self.lengths[r] for r in self.rows}) > 1
+
+    def ragged_mask(self, device):
+        """(B, 1, 1, length+1) bool for one new token per row: each row sees its own cached positions and itself."""
+        lengths = torch.tensor([self.lengths[r] for r in self.rows], device=device)  # (B,)
+        k_idx = torch.arange(self.length + 1, device=device)  # (L+1,)
+        return (k_idx[None, :] <= lengths[:, None])[:, None, None, :], lengths
+
+    def _index(self):
+        rows = self.rows
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return slice(rows[0], rows[0] + len(rows))  # contiguous slots: views, no copy
+        return torch.tensor(rows, device=self.k.device)
 
     def update(self, layer: int, k, v):
-        """Write k, v (B, n_kv_head, T, head_dim) after the filled slots; return all keys/values up to them."""
-        end = self.length + k.size(2)
+        """Write k, v (B, n_kv_head, T, head_dim) after each row's filled positions; return every row's keys and
+        values up to the longest, (B, n_kv_head, length+T, head_dim) (positions past a shorter row are stale and
+        masked by the caller)."""
+        T, idx = k.size(2), self._index()
+        ragged = self.ragged
+        if ragged and T != 1:
+            raise ValueError(f"slots of different lengths take one token each, got {T}")
+        end = self.length + T
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > max_len={self.max_len}")
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, n_kv_head, end, head_dim)
+        if ragged:
+            pos = torch.tensor([self.lengths[r] for r in self.rows], device=self.k.device)
+            rows = torch.arange(self.num_slots, device=self.k.device)[idx]
+            self.k[layer, rows, :, pos] = k[:, :, 0]
+            self.v[layer, rows, :, pos] = v[:, :, 0]
+        else:
+            self.k[layer, idx, :, end - T:end] = k
+            self.v[layer, idx, :, end - T:end] = v
+        return self.k[layer, idx, :, :end], self.v[layer, idx, :, :end]
 
     def advance(self, n: int):
-        self.length += n
+        for r in self.rows:
+            self.lengths[r] += n
+
+    def free(self, slot: int):
+        """Forget a slot's sequence so that a new one can use it (its stale keys are masked until overwritten)."""
+        self.lengths[slot] = 0
 
 
 class Attention(nn.Module):
@@ -213,10 +275,15 @@ class Decoder(nn.Module):
 
         attention_mask: (B, past+T) 1/0, past = tokens already in kv_cache; None means no padding.
         position_ids: (B, T); by default counted from the mask (pads do not advance positions), else past + arange(T).
-        kv_cache: a KVCache; the new keys/values are appended and its length advanced by T.
+        kv_cache: a KVCache; the new keys/values are appended to its selected slots and their lengths advanced by T.
+            Selected slots of different lengths take one token each (T = 1) and no attention_mask.
         """
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
+        if kv_cache is not None and kv_cache.ragged:
+            if attention_mask is not None or T != 1:
+                raise ValueError("KV cache slots of different lengths take one token each and no attention_mask")
+            return self._ragged_step(input_ids, kv_cache)
         if attention_mask is not None and attention_mask.shape != (B, past + T):
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != (B, past+T) = {(B, past + T)}")
         if position_ids is None:
@@ -235,6 +302,16 @@ class Decoder(nn.Module):
             x = block(x, cos, sin, mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
+        return self.model.norm(x)
+
+    def _ragged_step(self, input_ids, kv_cache):
+        """One new token per row for cache slots of different lengths: positions and mask come from the slots."""
+        mask, lengths = kv_cache.ragged_mask(input_ids.device)  # (B, 1, 1, L+1), (B,)
+        x = self.embed_dropout(self.model.embed_tokens(input_ids))  # (B, 1, D)
+        cos, sin = rope_cos_sin(lengths[:, None], self.cfg.head_dim, self.cfg.rope_theta, x.dtype)  # (B, 1, hd)
+        for block in self.model.layers:
+            x = block(x, cos, sin, mask, kv_cache)
+        kv_cache.advance(1)
         return self.model.norm(x)
 
     def forward(self, input_ids, *, attention_mask=None, position_ids=None, kv_cache=None):

@@ -6,9 +6,12 @@ one token per step through the preallocated `KVCache`; greedy (temperature 0), t
 sampling reproducible through its own `torch.Generator` (the global RNG is left alone); log-probabilities of the
 sampled tokens under the raw model distribution (softmax of the unscaled logits, before temperature, top-k or
 top-p), which is what RLHF needs as the behaviour policy's log-probs; `stream_generate` yields one token at a time
-for serving. Returned tokens INCLUDE the stop token that ended a sequence (with its log-prob).
+for single-prompt callers; `check_sampling` refuses settings nothing can be sampled from (negative temperature,
+top_p <= 0). Serving's continuous batching (pipelines/serve/engine.py) drives the same `KVCache` slot by slot with
+`sample_next`. Returned tokens INCLUDE the stop token that ended a sequence (with its log-prob).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -48,6 +51,19 @@ def sample_next(logits, *, temperature: float, top_k: int = 0, top_p: float = 1.
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def check_sampling(*, temperature: float, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int = 1) -> None:
+    """Refuse settings nothing can be sampled from, naming the value: a negative temperature would silently invert
+    the distribution, top_p <= 0 masks every token (and multinomial fails on the NaNs)."""
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = no limit), got {top_k!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+
+
 def left_pad(prompts: list[list[int]], pad_id: int, device=None):
     """Ragged prompts -> (B, P) token ids and (B, P) 1/0 mask, right-aligned so that every prompt ends at P."""
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -64,6 +80,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None):
 @torch.inference_mode()
 def _decode_steps(model: Decoder, prompts, *, max_new_tokens, temperature, top_k, top_p, pad_id, seed):
     """Yield ((B,) next token ids, (B,) their log-probs) once per step; stop by closing the generator."""
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens)
     device = model.model.embed_tokens.weight.device
     ids, mask = left_pad(prompts, pad_id, device)  # (B, P)
     B, P = ids.shape

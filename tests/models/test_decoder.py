@@ -144,3 +144,50 @@ def test_dropout_only_in_training():
     assert not torch.allclose(model(ids), model(ids))
     model.eval()
     torch.testing.assert_close(model(ids), model(ids), rtol=0, atol=0)
+
+
+def test_kv_cache_slots_of_different_lengths_decode_together_and_are_reused(decoder):
+    """Continuous batching: sequences prefilled one by one into slots, then decoded together one token per step
+    (each at its own position), equal the full forward of each; a freed slot takes a new sequence."""
+    seqs = [torch.randint(1, VOCAB, (n,)) for n in (8, 11, 6)]
+    decode = 5
+    with torch.no_grad():
+        full = [decoder(s[None]) for s in seqs]  # (1, n, V) each
+        cache = decoder.make_kv_cache(4, 20)
+        slots = [2, 0, 3]  # any free slots, in any order
+        for seq, slot in zip(seqs, slots):
+            cache.select([slot])
+            prefill = decoder(seq[None, : len(seq) - decode], kv_cache=cache)
+            torch.testing.assert_close(prefill, full[slots.index(slot)][:, : len(seq) - decode], rtol=0, atol=1e-5)
+        assert [cache.lengths[s] for s in slots] == [len(s) - decode for s in seqs] and cache.ragged is False
+        cache.select(slots)
+        assert cache.ragged
+        for step in range(decode):
+            pos = [len(s) - decode + step for s in seqs]
+            token = torch.stack([s[p] for s, p in zip(seqs, pos)])[:, None]  # (3, 1)
+            out = decoder(token, kv_cache=cache)  # (3, 1, V)
+            for i, p in enumerate(pos):
+                torch.testing.assert_close(out[i, 0], full[i][0, p], rtol=0, atol=1e-5)
+        # Slot 0 ends; a new, shorter sequence reuses it while the others' caches stay intact.
+        cache.free(0)
+        new = torch.randint(1, VOCAB, (3,))
+        cache.select([0])
+        torch.testing.assert_close(decoder(new[None], kv_cache=cache), decoder(new[None]), rtol=0, atol=1e-5)
+        assert cache.lengths == [3, 0, len(seqs[0]), len(seqs[2])]
+
+
+def test_kv_cache_slot_errors(decoder):
+    cache = decoder.make_kv_cache(2, 8)
+    with pytest.raises(ValueError, match="distinct"):
+        cache.select([0, 0])
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        cache.select([2])
+    cache.select([0])
+    with torch.no_grad():
+        decoder(torch.ones(1, 3, dtype=torch.long), kv_cache=cache)
+        cache.select(None)
+        with pytest.raises(ValueError, match="one token each"):
+            decoder(torch.ones(2, 2, dtype=torch.long), kv_cache=cache)
+        cache.select([0])
+        with pytest.raises(ValueError, match="overflow"):
+            decoder(torch.ones(1, 6, dtype=torch.long), kv_cache=cache)

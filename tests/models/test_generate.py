@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -109,3 +110,20 @@ def test_logprobs_match_a_left_padded_batch_forward(decoder):
         logp = F.log_softmax(decoder(ids, attention_mask=mask)[:, -6:-1], dim=-1)  # (B, 5, V)
     taken = logp.gather(-1, ids[:, -5:, None]).squeeze(-1)
     torch.testing.assert_close(taken, torch.tensor(out.logprobs), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0.*-0.5"),
+    ({"temperature": float("nan")}, "temperature.*nan"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+    ({"top_p": -1}, "top_p.*-1"),
+    ({"top_p": 1.5}, "top_p.*1.5"),
+    ({"top_k": -2}, "top_k.*-2"),
+    ({"max_new_tokens": 0}, "max_new_tokens.*0"),
+])
+def test_settings_nothing_can_be_sampled_from_are_refused(decoder, kwargs, message):
+    args = {"max_new_tokens": 3, "temperature": 1.0, "pad_id": 0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(decoder, [[1, 2, 3]], **args)
+    with pytest.raises(ValueError, match=message):
+        list(stream_generate(decoder, [1, 2, 3], **args))
