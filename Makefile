@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 install: $(STAMP)
 
@@ -19,11 +19,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
+# The chat page test drives Debian's Chromium and its matching driver (pinned paths, nothing downloaded at run
+# time). CI runs as root on Debian, so the test set-up installs them with apt; elsewhere it says what to install.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || { \
+	      apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else echo "the chat page test needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
+
 demo: install
 	$(PY) -m pipelines.lifecycle
 
-test: install
-	$(PY) -m pytest tests -q
+test: install browser
+	$(PY) -m pytest tests -q --durations=30
 
 bench: install
 	$(PY) -m benchmarks.tokenize_throughput

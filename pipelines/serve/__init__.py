@@ -1,0 +1,1 @@
+"""Serving: the chat model on Ray Serve (OpenAI-compatible API, streaming, continuous batching, a chat page)."""

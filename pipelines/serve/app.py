@@ -1,0 +1,355 @@
+"""The Serve application: one deployment (`ChatServer`, a FastAPI ingress) whose replicas each hold the model and a
+continuous-batching `Engine`, answering the OpenAI routes and the chat page.
+
+    build({"checkpoint": "runs/align/demo"})  # what `serve run pipelines.serve.app:build checkpoint=...` and
+                                              # KubeRay's serveConfigV2 (import_path + args) call
+    application(cfg)                          # the same from a composed conf/serve.yaml (pipelines.serve)
+
+Arguments of `build` are conf/serve.yaml keys (`serve.engine.max_batch=32`, dotted or nested), composed over the
+file's defaults with Hydra, so a RayService and the command line configure the app the same way.
+
+Routes: GET / (the chat page) and /static/*, GET /healthz, GET /v1/models, POST /v1/chat/completions and
+/v1/completions (stream or not). Every error is an OpenAI error object with its status; no request can make a
+replica crash or hang: every failure is caught at the route, and a failed decode step fails only its requests.
+"""
+
+import hmac
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from omegaconf import DictConfig, OmegaConf
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.serve import protocol
+from pipelines.serve.engine import EngineError, EngineOverloaded, SamplingParams
+from pipelines.serve.protocol import APIError
+
+log = logging.getLogger("lmlife.serve")
+STATIC = Path(__file__).resolve().parent / "static"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+api = FastAPI(title="lmlife chat", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@api.exception_handler(APIError)
+async def _api_error(request: Request, error: APIError):
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException):
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+    message = f"{request.method} {request.url.path}: {error.detail}"
+    if error.status_code == 404:
+        message += " (routes: /, /healthz, /v1/models, /v1/chat/completions, /v1/completions)"
+    return JSONResponse(protocol.error_body(message, type="invalid_request_error", code=kind),
+                        status_code=error.status_code)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError):
+    return JSONResponse(protocol.error_body(f"invalid request: {error.errors()}", type="invalid_request_error"),
+                        status_code=400)
+
+
+@api.exception_handler(Exception)
+async def _server_error(request: Request, error: Exception):
+    log.exception("unexpected error on %s", request.url.path)
+    return JSONResponse(protocol.error_body(f"internal error: {type(error).__name__}: {error}", type="server_error"),
+                        status_code=500)
+
+
+def load(checkpoint: str):
+    """(decoder in eval mode, tokenizer, meta) from a checkpoint or run directory, local or a URI."""
+    from models import load_checkpoint
+    from models.decoder import Decoder
+    from models.tokenizer import Tokenizer
+    from pipelines import storage
+    from pipelines.errors import CheckpointError
+    from pipelines.train.driver import resolve_init_from
+
+    path = resolve_init_from(checkpoint, "checkpoint")
+    with storage.local_dir(path) as local:
+        model, meta = load_checkpoint(local)
+        tok = Tokenizer(storage.read_bytes(storage.join(local, "tokenizer.model")))
+    if not isinstance(model, Decoder):
+        raise CheckpointError(f"checkpoint={path} holds a {type(model).__name__}: serving needs a decoder (a "
+                              f"pre-trained, instruction-tuned or aligned causal LM)")
+    return model.eval(), tok, meta
+
+
+def default_model_name(checkpoint: str) -> str:
+    parts = [p for p in str(checkpoint).rstrip("/").split("/") if p]
+    if parts and parts[-1] == "final" and len(parts) > 1:
+        parts = parts[:-1]
+    return "lmlife-" + (parts[-1] if parts else "model")
+
+
+@serve.deployment
+@serve.ingress(api)
+class ChatServer:
+    """One replica: the model, its tokenizer and the engine. `settings` is conf/serve.yaml's `serve` node."""
+
+    def __init__(self, checkpoint: str, settings: dict):
+        import torch
+
+        from pipelines.serve.engine import Engine
+
+        engine_cfg, gen = settings["engine"], settings["generation"]
+        if engine_cfg.get("threads"):
+            torch.set_num_threads(int(engine_cfg["threads"]))
+        model, self.tok, self.meta = load(checkpoint)
+        if settings.get("num_gpus") and torch.cuda.is_available():
+            model = model.to("cuda")
+        self.name = settings.get("model_name") or default_model_name(checkpoint)
+        self.context = model.cfg.max_seq_len
+        self.cap = min(gen.get("max_tokens_cap") or self.context - 1, self.context - 1)
+        self.defaults = {"temperature": float(gen["temperature"]), "top_p": float(gen["top_p"])}
+        self.default_max_tokens = int(gen["max_tokens"])
+        self.min_reply = int(gen["min_reply_tokens"])
+        self.created = int(time.time())
+        self.engine = Engine(model, max_batch=int(engine_cfg["max_batch"]), batching=bool(engine_cfg["batching"]),
+                             max_waiting=int(engine_cfg["max_waiting"]))
+        key_env = settings.get("api_key_env")
+        self.api_key = os.environ.get(key_env) if key_env else None
+        if key_env and not self.api_key:
+            raise ValueError(f"serve.api_key_env={key_env} but that environment variable is not set in the replica")
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+    # ---- pages and metadata ----
+
+    @api.get("/")
+    async def page(self):
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @api.get("/static/{name}")
+    async def static(self, name: str):
+        file = STATIC / name
+        if "/" in name or name.startswith(".") or not file.is_file():
+            raise APIError(404, f"no static file {name!r}", code="not_found")
+        return FileResponse(file)
+
+    @api.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "model": self.name, "max_tokens_cap": self.cap, **self.engine.stats()}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        self._authorize(request)
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
+                                            "owned_by": "lmlife"}]}
+
+    # ---- generation ----
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        self._authorize(request)
+        body = protocol.parse_json(await request.body())
+        model = protocol.model_name(body, self.name)
+        messages = protocol.messages(body)
+        sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap)
+        prompt, dropped, budget = self._fit_chat(messages, sampling.max_tokens)
+        reply = protocol.Reply(protocol.new_id("chatcmpl"), model, chat=True)
+        return await self._respond(reply, prompt, sampling, budget, stop_ids=(self.tok.end_id,),
+                                   headers={"X-Context-Dropped-Messages": str(dropped)})
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request):
+        self._authorize(request)
+        body = protocol.parse_json(await request.body())
+        model = protocol.model_name(body, self.name)
+        prompt = self.tok.encode(protocol.prompt_text(body), bos=True)
+        sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap)
+        want = sampling.max_tokens or self.min_reply
+        if len(prompt) + want > self.context:
+            raise protocol.bad(f"This model's context is {self.context} tokens (prompt and reply together): the "
+                               f"prompt takes {len(prompt)} tokens and the reply needs at least {want}",
+                               param="prompt", code="context_length_exceeded")
+        budget = sampling.max_tokens or min(self.default_max_tokens, self.context - len(prompt))
+        reply = protocol.Reply(protocol.new_id("cmpl"), model, chat=False)
+        return await self._respond(reply, prompt, sampling, budget, stop_ids=(self.tok.eos_id, self.tok.end_id))
+
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                           type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    def _fit_chat(self, messages: list[dict], max_tokens: int | None) -> tuple[list[int], int, int]:
+        """The context rule (conf/serve.yaml): leave out the oldest messages — never the system prompt or the last
+        message — until the prompt leaves room for the reply. -> (prompt ids, messages left out, reply budget)."""
+        want = max_tokens or min(self.min_reply, self.default_max_tokens)
+        system = messages[:1] if messages[0]["role"] == "system" else []
+        rest = messages[len(system):]
+        dropped = 0
+        while True:
+            prompt = self.tok.encode_chat(system + rest[dropped:], add_generation_prompt=True).ids
+            if len(prompt) + want <= self.context:
+                break
+            if dropped >= len(rest) - 1:
+                kept = "the system prompt and the last message take" if system else "the last message takes"
+                raise protocol.bad(
+                    f"This model's context is {self.context} tokens (prompt and reply together): {kept} "
+                    f"{len(prompt)} tokens and the reply needs {want}; shorten the message"
+                    + (" or lower max_tokens" if max_tokens else ""), param="messages", code="context_length_exceeded")
+            dropped += 1
+        return prompt, dropped, max_tokens or min(self.default_max_tokens, self.context - len(prompt))
+
+    async def _respond(self, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling, budget: int, *,
+                       stop_ids: tuple[int, ...], headers: dict | None = None):
+        from pipelines.serve.stream import TextStream
+
+        params = SamplingParams(max_new_tokens=budget, temperature=sampling.temperature, top_p=sampling.top_p,
+                                seed=sampling.seed, stop_ids=stop_ids)
+        try:
+            request = self.engine.submit(prompt, params)
+        except EngineOverloaded as e:
+            raise APIError(429, f"The server is overloaded ({e}); retry after a second", type="rate_limit_error",
+                           code="overloaded", headers={"Retry-After": "1"}) from None
+        except EngineError as e:
+            raise APIError(503, str(e), type="server_error", code="unavailable", headers={"Retry-After": "1"}) from None
+        except ValueError as e:
+            raise protocol.bad(str(e)) from None
+        text = TextStream(self.tok.decode, stop=sampling.stop, skip_ids=stop_ids)
+
+        async def pieces():
+            """(new text, finish_reason or None) as tokens come; raises APIError on an engine failure."""
+            async for events in request.events():
+                new = text.push([e.token for e in events if e.token is not None])
+                last = events[-1]
+                if last.error is not None:
+                    raise APIError(500, last.error, type="server_error")
+                if text.stopped:
+                    yield new, "stop"
+                    return
+                if last.finish_reason is not None:
+                    yield new + text.finish(), last.finish_reason
+                    return
+                yield new, None
+
+        if not sampling.stream:
+            try:
+                parts, finish = [], "length"
+                async for new, finish in pieces():
+                    parts.append(new)
+            finally:
+                request.cancel()  # done, or the client left (cancelled): the slot is freed either way
+            used = protocol.usage(len(prompt), request.generated)
+            return JSONResponse(reply.whole("".join(parts), finish, used), headers=headers)
+
+        async def events():
+            try:
+                if reply.chat:
+                    yield protocol.sse(reply.chunk(role=True))
+                async for new, finish in pieces():
+                    if new:
+                        yield protocol.sse(reply.chunk(text=new))
+                    if finish is not None:
+                        yield protocol.sse(reply.chunk(finish_reason=finish))
+                if sampling.include_usage:
+                    yield protocol.sse(reply.chunk(used=protocol.usage(len(prompt), request.generated)))
+            except APIError as e:  # headers are sent: the error travels as an event
+                yield protocol.sse(e.body())
+            finally:
+                request.cancel()
+            yield protocol.sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **(headers or {})})
+
+
+# ---- building the application ----
+
+def settings_of(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.serve, resolve=True)
+
+
+def application(cfg: DictConfig):
+    """The bound Serve application for a composed conf/serve.yaml."""
+    from pipelines.errors import ConfigError
+
+    settings = settings_of(cfg)
+    options = {
+        "max_ongoing_requests": settings["max_ongoing_requests"],
+        "max_queued_requests": settings["max_queued_requests"],
+        "ray_actor_options": {"num_cpus": settings["num_cpus"], "num_gpus": settings["num_gpus"]},
+    }
+    if settings["autoscaling_config"]:
+        options["autoscaling_config"] = settings["autoscaling_config"]
+    else:
+        options["num_replicas"] = settings["num_replicas"]
+    key_env = settings["api_key_env"]
+    if key_env:
+        if not os.environ.get(key_env):
+            raise ConfigError(f"serve.api_key_env={key_env} names an environment variable that is not set here")
+        # The key reaches the replicas through their runtime environment, not as an argument in the app config.
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
+    elif settings["host"] not in LOCAL_HOSTS:
+        log.warning("serving on %s without an API key: anyone who can reach the port can use the model "
+                    "(set serve.api_key_env)", settings["host"])
+    return ChatServer.options(**options).bind(str(cfg.checkpoint), settings)
+
+
+def build(args: dict):
+    """App builder for `serve run pipelines.serve.app:build checkpoint=... serve.x=...` and serveConfigV2 args."""
+    return application(config_from_args(args))
+
+
+def config_from_args(args: dict) -> DictConfig:
+    """conf/serve.yaml composed with builder `args` — its keys, dotted or nested: strings (the command line's) are
+    parsed as Hydra overrides, typed values (a YAML serveConfigV2's) are set as they are; unknown keys are errors."""
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.entry import CONF_DIR
+    from pipelines.errors import ConfigError
+
+    flat = _flatten(OmegaConf.to_container(OmegaConf.create(dict(args)), resolve=True))
+    overrides = [f"{key}={value}" for key, value in flat.items() if isinstance(value, str)]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(config_name="serve", overrides=overrides)
+    for key, value in flat.items():
+        if not isinstance(value, str):
+            if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+                raise ConfigError(f"unknown serve setting {key!r} (see conf/serve.yaml)")
+            OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "autoscaling_config":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def deploy(cfg: DictConfig) -> str:
+    """Start Serve's HTTP proxy where conf says (on the connected cluster) and run the app; -> its base URL."""
+    from ray.serve.config import HTTPOptions
+
+    settings = settings_of(cfg)
+    serve.start(http_options=HTTPOptions(host=settings["host"], port=settings["port"]))
+    serve.run(application(cfg), name=settings["app_name"], route_prefix=settings["route_prefix"])
+    host = "127.0.0.1" if settings["host"] in ("0.0.0.0", "::") else settings["host"]
+    return f"http://{host}:{settings['port']}{settings['route_prefix'].rstrip('/')}"
+
+
+def undeploy(cfg: DictConfig) -> None:
+    """Delete the app (its replicas free their CPUs/GPUs); Serve's controller and proxy stay for the next one."""
+    serve.delete(cfg.serve.app_name, _blocking=True)

@@ -1,0 +1,30 @@
+"""The app builder's arguments (what `serve run pipelines.serve.app:build ...` and a RayService's serveConfigV2
+pass) compose over conf/serve.yaml like the command line: strings as Hydra overrides, typed values as they are."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from pipelines.errors import ConfigError
+from pipelines.serve.app import config_from_args, default_model_name
+
+
+def test_builder_arguments_compose_over_the_defaults():
+    cfg = config_from_args({"checkpoint": "s3://bucket/runs/align/demo", "serve.engine.max_batch": "16",
+                            "serve.engine.batching": "false",
+                            "serve": {"num_replicas": 2, "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}})
+    assert cfg.checkpoint == "s3://bucket/runs/align/demo"
+    assert cfg.serve.engine.max_batch == 16 and cfg.serve.engine.batching is False
+    assert cfg.serve.num_replicas == 2 and cfg.serve.autoscaling_config.max_replicas == 3
+    assert cfg.serve.generation.min_reply_tokens == 16  # untouched defaults stay
+
+
+def test_unknown_builder_arguments_are_errors():
+    with pytest.raises(ConfigCompositionException):
+        config_from_args({"checkpoint": "x", "serve.engine.max_bacth": "16"})
+    with pytest.raises(ConfigError, match="unknown serve setting 'serve.prot'"):
+        config_from_args({"checkpoint": "x", "serve.prot": 9000})
+
+
+def test_the_model_is_named_after_its_run():
+    assert default_model_name("runs/align/demo-grpo/final") == "lmlife-demo-grpo"
+    assert default_model_name("s3://b/runs/finetune/instruct/") == "lmlife-instruct"
