@@ -50,7 +50,8 @@ def keyed(served, serve_settings, long_checkpoint):
     cfg, _ = served
     os.environ[KEY_ENV] = "s3cret-key"
     long_cfg = serve_settings(long_checkpoint, f"serve.port={cfg.serve.port}", "serve.app_name=long",
-                            "serve.route_prefix=/long", f"serve.api_key_env={KEY_ENV}", "serve.num_cpus=0.25")
+                            "serve.route_prefix=/long", f"serve.api_key_env={KEY_ENV}", "serve.num_cpus=0.25",
+                            "serve.engine.max_batch=2", "serve.engine.max_waiting=1")
     url = deploy(long_cfg)
     yield url, {"Authorization": "Bearer s3cret-key"}
     undeploy(long_cfg)
@@ -209,3 +210,23 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(keyed):
         time.sleep(0.1)
     assert health["active"] == 0 and health["cancelled"] == before["cancelled"] + 1
     assert health["tokens"] - before["tokens"] < 900
+
+
+def test_a_full_queue_answers_429_with_retry_after(keyed):
+    url, auth = keyed  # 2 slots, 1 waiting place
+    body = {"messages": ask(QUESTIONS[5]), "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.Client(headers=auth, timeout=60) as client:
+        streams = [client.stream("POST", url + "/v1/chat/completions", json=body) for _ in range(3)]
+        lines = []
+        for i, stream in enumerate(streams):
+            response = stream.__enter__()
+            if i < 2:
+                lines.append(response.iter_lines())
+                next(lines[-1])  # decoding: both slots are taken
+        try:
+            over = client.post(url + "/v1/chat/completions", json={**body, "stream": False})
+            assert over.status_code == 429 and over.headers["Retry-After"] == "1"
+            assert over.json()["error"]["code"] == "overloaded"
+        finally:
+            for stream in streams:
+                stream.__exit__(None, None, None)
