@@ -1,5 +1,8 @@
-"""The Serve application: one deployment (`ChatServer`, a FastAPI ingress) whose replicas each hold the model and a
-continuous-batching `Engine`, answering the OpenAI routes and the chat page.
+"""The Serve application: an ingress deployment (`ChatServer`, FastAPI: HTTP, the OpenAI wire format, the chat
+template, the context rule, detokenizing, SSE) bound to a model deployment (`ModelServer`: the decoder and its
+continuous-batching `Engine`), which streams tokens back through a Serve handle. Two tiers so that the model
+replicas scale (and take GPUs) on their own, and so that a model replica that dies mid-reply ends its streams with
+an error event from the ingress instead of a cut connection.
 
     build({"checkpoint": "runs/align/demo"})  # what `serve run pipelines.serve.app:build checkpoint=...` and
                                               # KubeRay's serveConfigV2 (import_path + args) call
@@ -8,7 +11,8 @@ continuous-batching `Engine`, answering the OpenAI routes and the chat page.
 Arguments of `build` are conf/serve.yaml keys (`serve.engine.max_batch=32`, dotted or nested), composed over the
 file's defaults with Hydra, so a RayService and the command line configure the app the same way.
 
-Routes: GET / (the chat page) and /static/*, GET /healthz, GET /v1/models, POST /v1/chat/completions and
+Routes: GET / (the chat page) and /static/*, GET /healthz (no model work), GET /stats (a model replica's engine
+figures), GET /v1/models, POST /v1/chat/completions and
 /v1/completions (stream or not). Every error is an OpenAI error object with its status; no request can make a
 replica crash or hang: every failure is caught at the route, and a failed decode step fails only its requests.
 """
@@ -93,39 +97,75 @@ def default_model_name(checkpoint: str) -> str:
 
 
 @serve.deployment
-@serve.ingress(api)
-class ChatServer:
-    """One replica: the model, its tokenizer and the engine. `settings` is conf/serve.yaml's `serve` node."""
+class ModelServer:
+    """A model replica: the decoder and its continuous-batching engine (`settings`: conf/serve.yaml's `serve`).
+    `generate` streams batches of (token, finish_reason, error) to the ingress as the engine produces them."""
 
     def __init__(self, checkpoint: str, settings: dict):
         import torch
 
         from pipelines.serve.engine import Engine
 
-        engine_cfg, gen = settings["engine"], settings["generation"]
+        engine_cfg = settings["engine"]
         if engine_cfg.get("threads"):
             torch.set_num_threads(int(engine_cfg["threads"]))
-        model, self.tok, self.meta = load(checkpoint)
+        model, _, _ = load(checkpoint)
         if settings.get("num_gpus") and torch.cuda.is_available():
             model = model.to("cuda")
-        self.name = settings.get("model_name") or default_model_name(checkpoint)
-        self.context = model.cfg.max_seq_len
-        self.cap = min(gen.get("max_tokens_cap") or self.context - 1, self.context - 1)
-        self.defaults = {"temperature": float(gen["temperature"]), "top_p": float(gen["top_p"])}
-        self.default_max_tokens = int(gen["max_tokens"])
-        self.min_reply = int(gen["min_reply_tokens"])
-        self.created = int(time.time())
         self.engine = Engine(model, max_batch=int(engine_cfg["max_batch"]), batching=bool(engine_cfg["batching"]),
                              max_waiting=int(engine_cfg["max_waiting"]))
-        key_env = settings.get("api_key_env")
-        self.api_key = os.environ.get(key_env) if key_env else None
-        if key_env and not self.api_key:
-            raise ValueError(f"serve.api_key_env={key_env} but that environment variable is not set in the replica")
+
+    async def generate(self, prompt: list[int], params: dict):
+        request = self.engine.submit(prompt, SamplingParams(**params))  # EngineOverloaded / ValueError go back
+        try:
+            yield []  # accepted: the ingress learns it before it sends a status line
+            async for events in request.events():
+                yield [(e.token, e.finish_reason, e.error) for e in events]
+        finally:
+            request.cancel()  # finished, or cancelled by the ingress (its client left): the slot is freed
+
+    def stats(self) -> dict:
+        return self.engine.stats()
 
     def __del__(self):
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.close()
+
+
+@serve.deployment
+@serve.ingress(api)
+class ChatServer:
+    """The ingress: HTTP, the OpenAI wire format, the chat template, the context rule, detokenizing and SSE. Holds
+    the tokenizer only; generation goes to the `ModelServer` replicas through a streaming handle, so a model replica
+    that dies mid-reply ends its streams with an error event instead of a cut connection, and a request that finds a
+    dead replica before it started is sent again once."""
+
+    def __init__(self, model, checkpoint: str, settings: dict):
+        from models.tokenizer import Tokenizer
+        from pipelines import storage
+        from pipelines.errors import CheckpointError
+        from pipelines.train.driver import resolve_init_from
+
+        self.model = model
+        path = resolve_init_from(checkpoint, "checkpoint")
+        spec = storage.read_json(storage.join(path, "config.json"))
+        if spec["kind"] != "decoder":
+            raise CheckpointError(f"checkpoint={path} holds a {spec['kind']}: serving needs a decoder (a "
+                                  f"pre-trained, instruction-tuned or aligned causal LM)")
+        self.tok = Tokenizer(storage.read_bytes(storage.join(path, "tokenizer.model")))
+        gen = settings["generation"]
+        self.name = settings.get("model_name") or default_model_name(checkpoint)
+        self.context = int(spec["config"]["max_seq_len"])
+        self.cap = min(gen.get("max_tokens_cap") or self.context - 1, self.context - 1)
+        self.defaults = {"temperature": float(gen["temperature"]), "top_p": float(gen["top_p"])}
+        self.default_max_tokens = int(gen["max_tokens"])
+        self.min_reply = int(gen["min_reply_tokens"])
+        self.created = int(time.time())
+        key_env = settings.get("api_key_env")
+        self.api_key = os.environ.get(key_env) if key_env else None
+        if key_env and not self.api_key:
+            raise ValueError(f"serve.api_key_env={key_env} but that environment variable is not set in the replica")
 
     # ---- pages and metadata ----
 
@@ -142,7 +182,13 @@ class ChatServer:
 
     @api.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "model": self.name, "max_tokens_cap": self.cap, **self.engine.stats()}
+        """No model work: what Serve's own overhead is measured on."""
+        return {"status": "ok", "model": self.name, "context": self.context, "max_tokens_cap": self.cap}
+
+    @api.get("/stats")
+    async def stats(self):
+        """One model replica's engine figures: active and waiting requests, slots, steps, tokens, cancelled."""
+        return await self.model.stats.remote()
 
     @api.get("/v1/models")
     async def models(self, request: Request):
@@ -209,37 +255,62 @@ class ChatServer:
             dropped += 1
         return prompt, dropped, max_tokens or min(self.default_max_tokens, self.context - len(prompt))
 
+    async def _start(self, prompt: list[int], params: dict):
+        """Send the request to a model replica; -> its stream, once the replica has accepted it. A replica that is
+        gone (killed, restarting) gets the request again on another try."""
+        from ray.exceptions import RayActorError
+
+        for attempt in (1, 2):
+            stream = self.model.options(stream=True).generate.remote(prompt, params)
+            try:
+                await stream.__anext__()
+                return stream
+            except EngineOverloaded as e:
+                raise APIError(429, f"The server is overloaded ({e}); retry after a second", type="rate_limit_error",
+                               code="overloaded", headers={"Retry-After": "1"}) from None
+            except ValueError as e:
+                raise protocol.bad(str(e)) from None
+            except (RayActorError, EngineError) as e:
+                if attempt == 2:
+                    raise APIError(503, f"no model replica could take the request ({type(e).__name__}); retry",
+                                   type="server_error", code="unavailable", headers={"Retry-After": "1"}) from None
+                log.warning("a model replica failed before the request started (%s): sending it again", e)
+
     async def _respond(self, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling, budget: int, *,
                        stop_ids: tuple[int, ...], headers: dict | None = None):
         from pipelines.serve.stream import TextStream
 
-        params = SamplingParams(max_new_tokens=budget, temperature=sampling.temperature, top_p=sampling.top_p,
-                                seed=sampling.seed, stop_ids=stop_ids)
-        try:
-            request = self.engine.submit(prompt, params)
-        except EngineOverloaded as e:
-            raise APIError(429, f"The server is overloaded ({e}); retry after a second", type="rate_limit_error",
-                           code="overloaded", headers={"Retry-After": "1"}) from None
-        except EngineError as e:
-            raise APIError(503, str(e), type="server_error", code="unavailable", headers={"Retry-After": "1"}) from None
-        except ValueError as e:
-            raise protocol.bad(str(e)) from None
+        params = {"max_new_tokens": budget, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                  "seed": sampling.seed, "stop_ids": stop_ids}
+        stream = await self._start(prompt, params)
         text = TextStream(self.tok.decode, stop=sampling.stop, skip_ids=stop_ids)
+        generated = 0
 
         async def pieces():
-            """(new text, finish_reason or None) as tokens come; raises APIError on an engine failure."""
-            async for events in request.events():
-                new = text.push([e.token for e in events if e.token is not None])
-                last = events[-1]
-                if last.error is not None:
-                    raise APIError(500, last.error, type="server_error")
-                if text.stopped:
-                    yield new, "stop"
-                    return
-                if last.finish_reason is not None:
-                    yield new + text.finish(), last.finish_reason
-                    return
-                yield new, None
+            """(new text, finish_reason or None) as tokens come; raises APIError on a failure."""
+            nonlocal generated
+            try:
+                async for events in stream:
+                    if not events:
+                        continue
+                    tokens = [token for token, _, _ in events if token is not None]
+                    generated += len(tokens)
+                    new = text.push(tokens)
+                    _, finish, error = events[-1]
+                    if error is not None:
+                        raise APIError(500, error, type="server_error")
+                    if text.stopped:
+                        yield new, "stop"
+                        return
+                    if finish is not None:
+                        yield new + text.finish(), finish
+                        return
+                    yield new, None
+            except APIError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the model replica died or failed mid-reply
+                raise APIError(503, f"the model replica serving this reply failed ({type(e).__name__}); retry",
+                               type="server_error", code="unavailable", headers={"Retry-After": "1"}) from None
 
         if not sampling.stream:
             try:
@@ -247,8 +318,8 @@ class ChatServer:
                 async for new, finish in pieces():
                     parts.append(new)
             finally:
-                request.cancel()  # done, or the client left (cancelled): the slot is freed either way
-            used = protocol.usage(len(prompt), request.generated)
+                stream.cancel()  # done, or the client left (cancelled): the model replica frees the slot
+            used = protocol.usage(len(prompt), generated)
             return JSONResponse(reply.whole("".join(parts), finish, used), headers=headers)
 
         async def events():
@@ -261,11 +332,11 @@ class ChatServer:
                     if finish is not None:
                         yield protocol.sse(reply.chunk(finish_reason=finish))
                 if sampling.include_usage:
-                    yield protocol.sse(reply.chunk(used=protocol.usage(len(prompt), request.generated)))
-            except APIError as e:  # headers are sent: the error travels as an event
+                    yield protocol.sse(reply.chunk(used=protocol.usage(len(prompt), generated)))
+            except APIError as e:  # the status line is sent: the error travels as an event
                 yield protocol.sse(e.body())
             finally:
-                request.cancel()
+                stream.cancel()
             yield protocol.sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -279,29 +350,34 @@ def settings_of(cfg: DictConfig) -> dict:
 
 
 def application(cfg: DictConfig):
-    """The bound Serve application for a composed conf/serve.yaml."""
+    """The bound Serve application for a composed conf/serve.yaml: the ingress bound to the model deployment."""
     from pipelines.errors import ConfigError
 
     settings = settings_of(cfg)
-    options = {
+    checkpoint = str(cfg.checkpoint)
+    model_options = {
         "max_ongoing_requests": settings["max_ongoing_requests"],
         "max_queued_requests": settings["max_queued_requests"],
         "ray_actor_options": {"num_cpus": settings["num_cpus"], "num_gpus": settings["num_gpus"]},
     }
     if settings["autoscaling_config"]:
-        options["autoscaling_config"] = settings["autoscaling_config"]
+        model_options["autoscaling_config"] = settings["autoscaling_config"]
     else:
-        options["num_replicas"] = settings["num_replicas"]
+        model_options["num_replicas"] = settings["num_replicas"]
+    ingress = settings["ingress"]
+    ingress_options = {"num_replicas": ingress["num_replicas"], "max_ongoing_requests": ingress["max_ongoing_requests"],
+                       "ray_actor_options": {"num_cpus": ingress["num_cpus"]}}
     key_env = settings["api_key_env"]
     if key_env:
         if not os.environ.get(key_env):
             raise ConfigError(f"serve.api_key_env={key_env} names an environment variable that is not set here")
-        # The key reaches the replicas through their runtime environment, not as an argument in the app config.
-        options["ray_actor_options"]["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
+        # The key reaches the ingress through its runtime environment, not as an argument in the app's config.
+        ingress_options["ray_actor_options"]["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
     elif settings["host"] not in LOCAL_HOSTS:
         log.warning("serving on %s without an API key: anyone who can reach the port can use the model "
                     "(set serve.api_key_env)", settings["host"])
-    return ChatServer.options(**options).bind(str(cfg.checkpoint), settings)
+    model = ModelServer.options(**model_options).bind(checkpoint, settings)
+    return ChatServer.options(**ingress_options).bind(model, checkpoint, settings)
 
 
 def build(args: dict):

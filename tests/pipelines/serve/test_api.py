@@ -61,7 +61,9 @@ def keyed(served, serve_settings, long_checkpoint):
 def test_models_and_health(openai_client, chat_url):
     assert [m.id for m in openai_client.models.list().data] == ["tiny-chat"]
     health = httpx.get(chat_url + "/healthz").json()
-    assert health["status"] == "ok" and health["context"] == 64 and health["slots"] == 8 and health["batching"]
+    assert health == {"status": "ok", "model": "tiny-chat", "context": 64, "max_tokens_cap": 63}
+    stats = httpx.get(chat_url + "/stats").json()
+    assert stats["slots"] == 8 and stats["batching"] and stats["context"] == 64
 
 
 def test_greedy_chat_equals_generate_streaming_and_not(openai_client, local):
@@ -89,11 +91,11 @@ def test_concurrent_requests_batched_together_return_the_same_text_as_alone(open
         return r.choices[0].message.content
 
     alone = [expected_chat(local, ask(q), 24)[0] for q in QUESTIONS]
-    before = httpx.get(chat_url + "/healthz").json()["max_active"]
+    before = httpx.get(chat_url + "/stats").json()["max_active"]
     with concurrent.futures.ThreadPoolExecutor(len(QUESTIONS)) as pool:
         together = list(pool.map(one, QUESTIONS))
     assert together == alone
-    assert httpx.get(chat_url + "/healthz").json()["max_active"] >= max(before, 2)  # they did share a batch
+    assert httpx.get(chat_url + "/stats").json()["max_active"] >= max(before, 2)  # they did share a batch
 
 
 def test_completions_and_stop_strings(openai_client, local):
@@ -169,6 +171,8 @@ def test_the_oldest_messages_are_left_out_when_the_conversation_no_longer_fits(c
 
 def test_an_api_key_is_required_when_set(keyed):
     url, auth = keyed
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": ask("Hi")})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
         r = httpx.get(url + "/v1/models", headers=headers)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
@@ -195,16 +199,16 @@ def test_a_request_arriving_mid_decode_is_answered_before_the_running_one_ends(k
 
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(keyed):
     url, auth = keyed
-    before = httpx.get(url + "/healthz").json()
+    before = httpx.get(url + "/stats").json()
     body = {"messages": ask(QUESTIONS[4]), "max_tokens": 900, "temperature": 0, "stream": True}
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=auth, timeout=60) as r:
         lines = r.iter_lines()
         next(lines)
-        assert httpx.get(url + "/healthz").json()["active"] == 1
+        assert httpx.get(url + "/stats").json()["active"] == 1
     # The connection is closed: the replica notices, cancels the request and the batch shrinks.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        health = httpx.get(url + "/healthz").json()
+        health = httpx.get(url + "/stats").json()
         if health["active"] == 0:
             break
         time.sleep(0.1)
