@@ -5,7 +5,7 @@ alone, Serve's own overhead, and (--kill) a replica killed mid-run.
     python -m benchmarks.serve_load --levels 1 8 32 64 --max-tokens 64
     python -m benchmarks.serve_load --checkpoint runs/align/demo      # a trained model instead
     python -m benchmarks.serve_load --model decoder_gpt2 --device-gpus 1
-    python -m benchmarks.serve_load --kill                            # + 2 replicas, one killed under load
+    python -m benchmarks.serve_load --kill                            # 2 model replicas, one killed under load
 
 Per level of concurrent clients (each sends its requests one after another, streaming, `max_tokens` fixed): time to
 first token p50/p99, inter-token latency p50/p99 (per request: (last - first token time) / (tokens - 1)), aggregate
@@ -176,16 +176,13 @@ def replica_count(app: str) -> int:
     from ray import serve
 
     status = serve.status().applications.get(app)
-    if status is None:
-        return 0
-    return sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+    model = status.deployments.get("ModelServer") if status else None
+    return model.replica_states.get("RUNNING", 0) if model else 0
 
 
 async def kill_run(url: str, app: str, clients: int, max_tokens: int, duration: float, kill_at: float) -> dict:
     """Clients stream continuously; at kill_at one replica's actor is killed. Requests sent after the kill get one
-    retry. -> counts of what clients saw and seconds until Serve had both replicas again."""
-    from ray.util.state import list_actors
-
+    retry. -> counts of what clients saw and seconds until Serve had both model replicas again."""
     killed_at: list[float] = []
     out = {"before_kill_ok": 0, "broken_by_kill": [], "after_kill_ok": 0, "after_kill_retried_ok": 0,
            "after_kill_failed": 0}
@@ -210,16 +207,24 @@ async def kill_run(url: str, app: str, clients: int, max_tokens: int, duration: 
 
         async def killer():
             await asyncio.sleep(kill_at)
-            replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                        if a.class_name.startswith("ServeReplica:") and f":{app}:" in a.class_name + ":"]
+            replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                        if a["name"].startswith(f"SERVE_REPLICA::{app}#ModelServer#")]
             victim = replicas[0]
-            ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+            out["killed"] = victim["name"]
+            ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
             killed_at.append(time.perf_counter())
-            while replica_count(app) >= 2:
-                await asyncio.sleep(0.1)
-            while replica_count(app) < 2:
+            print(f"  killed {victim['name']} of {len(replicas)} model replicas", flush=True)
+            deadline = killed_at[0] + 120
+            seen_down = False
+            while time.perf_counter() < deadline:
+                running = await asyncio.to_thread(replica_count, app)
+                seen_down = seen_down or running < 2
+                if seen_down and running >= 2:
+                    out["back_after_s"] = round(time.perf_counter() - killed_at[0], 1)
+                    print(f"  both model replicas running again after {out['back_after_s']} s", flush=True)
+                    return
                 await asyncio.sleep(0.2)
-            out["back_after_s"] = time.perf_counter() - killed_at[0]
+            out["back_after_s"] = None  # not back within 120 s
 
         await asyncio.gather(killer(), *[worker(i) for i in range(clients)])
     return out
@@ -275,50 +280,60 @@ def main():
     parser.add_argument("--replica-cpus", type=float, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the replica and the engine row")
     parser.add_argument("--device-gpus", type=float, default=0)
-    parser.add_argument("--kill", action="store_true", help="also: 2 replicas, one killed mid-run")
+    parser.add_argument("--kill", action="store_true", help="instead: 2 model replicas, one killed mid-run")
     args = parser.parse_args()
     device = "cuda" if args.device_gpus else "cpu"
     ray.init(include_dashboard=False)
     from ray import serve
 
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = checkpoint(args, Path(tmp))
         print(f"model {path}; {args.max_tokens} tokens per reply; replica {args.replica_cpus} CPU, "
-              f"{args.threads} torch thread(s), GPUs {args.device_gpus}")
-        torch.set_num_threads(args.threads)
-        for clients in args.levels:
-            rows.append({"mode": "engine alone", "clients": clients,
-                         "tok_s": engine_alone(path, clients, args.max_tokens, device)})
-        port = free_port()
-        for mode, batching, levels in (("batching on", "true", args.levels), ("batching off", "false", args.off_levels)):
-            cfg = app_config(path, port, "on" if batching == "true" else "off", args, f"serve.engine.batching={batching}")
-            url = deploy(cfg)
-            asyncio.run(level(url, 1, 1, 8, args.level_timeout))  # warm-up
-            if batching == "true":
-                serve_p50, plain_p50 = serve_overhead(url)
-            for clients in levels:
-                row = asyncio.run(level(url, clients, args.requests_per_client, args.max_tokens, args.level_timeout))
-                rows.append({"mode": mode, **row})
-                print(f"  {mode}, {clients} clients: {row['tok_s']:.0f} tok/s, {row['errors']} errors", flush=True)
-            undeploy(cfg)
-        print_table(rows)
-        on = {r["clients"]: r["tok_s"] for r in rows if r["mode"] == "batching on"}
-        if 1 in on and 32 in on:
-            print(f"\nbatching on, 32 clients vs 1: {on[32] / on[1]:.1f}x aggregate tokens/s (target >= 10x)")
-        print(f"Serve overhead: GET /healthz p50 {serve_p50:.2f} ms through Serve's proxy vs {plain_p50:.2f} ms on "
-              f"a plain uvicorn process (target: Serve p50 <= 5 ms)")
+              f"{args.threads} torch thread(s), GPUs {args.device_gpus}", flush=True)
         if args.kill:
-            cfg = app_config(path, port, "kill", args, "serve.num_replicas=2",
-                             f"serve.num_cpus={args.replica_cpus / 2}")
-            url = deploy(cfg)
-            asyncio.run(level(url, 2, 1, 8, args.level_timeout))
-            out = asyncio.run(kill_run(url, "kill", 16, args.max_tokens, duration=30, kill_at=8))
-            broken = out.pop("broken_by_kill")
-            print(f"\nkill one of 2 replicas under 16 streaming clients: {out}; requests broken by the kill: "
-                  f"{len(broken)} ({sorted(set(broken))[:3]})")
-            undeploy(cfg)
+            kill_experiment(path, args)
+        else:
+            load_levels(path, args, device)
         serve.shutdown()
+
+
+def load_levels(path: str, args, device: str) -> None:
+    rows = []
+    torch.set_num_threads(args.threads)
+    for clients in args.levels:
+        rows.append({"mode": "engine alone", "clients": clients,
+                     "tok_s": engine_alone(path, clients, args.max_tokens, device)})
+        print(f"  engine alone, {clients} clients: {rows[-1]['tok_s']:.0f} tok/s", flush=True)
+    port = free_port()
+    for mode, batching, levels in (("batching on", "true", args.levels), ("batching off", "false", args.off_levels)):
+        cfg = app_config(path, port, "on" if batching == "true" else "off", args, f"serve.engine.batching={batching}")
+        url = deploy(cfg)
+        asyncio.run(level(url, 1, 1, 8, args.level_timeout))  # warm-up
+        if batching == "true":
+            serve_p50, plain_p50 = serve_overhead(url)
+        for clients in levels:
+            row = asyncio.run(level(url, clients, args.requests_per_client, args.max_tokens, args.level_timeout))
+            rows.append({"mode": mode, **row})
+            print(f"  {mode}, {clients} clients: {row['tok_s']:.0f} tok/s, {row['errors']} errors", flush=True)
+        undeploy(cfg)
+    print_table(rows)
+    on = {r["clients"]: r["tok_s"] for r in rows if r["mode"] == "batching on"}
+    if 1 in on and 32 in on:
+        print(f"\nbatching on, 32 clients vs 1: {on[32] / on[1]:.1f}x aggregate tokens/s (target >= 10x)")
+    print(f"Serve overhead: GET /healthz p50 {serve_p50:.2f} ms through Serve's proxy vs {plain_p50:.2f} ms on "
+          f"a plain uvicorn process (target: Serve p50 <= 5 ms)")
+
+
+def kill_experiment(path: str, args) -> None:
+    """2 model replicas under 16 streaming clients; one replica's actor is killed after 8 s of a 30 s run."""
+    cfg = app_config(path, free_port(), "kill", args, "serve.num_replicas=2", f"serve.num_cpus={args.replica_cpus / 2}")
+    url = deploy(cfg)
+    asyncio.run(level(url, 2, 1, 8, args.level_timeout))
+    out = asyncio.run(kill_run(url, "kill", 16, args.max_tokens, duration=30, kill_at=8))
+    broken = out.pop("broken_by_kill")
+    print(f"\nkill one of 2 model replicas under 16 streaming clients: {json.dumps(out)}\nrequests that were running "
+          f"when it died: {len(broken)} ended with an error ({sorted(set(broken))[:3]})")
+    undeploy(cfg)
 
 
 if __name__ == "__main__":
