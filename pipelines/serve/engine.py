@@ -240,6 +240,7 @@ class Engine:
                 tokens[i] = sample_next(logits[i:i + 1], temperature=r.params.temperature, top_k=r.params.top_k,
                                         top_p=r.params.top_p, generator=r.generator)[0]
         logprobs = F.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
+        out = []
         for r, token, logprob in zip(requests, tokens.tolist(), logprobs.tolist()):
             r.generated += 1
             r.last_token = token
@@ -249,14 +250,17 @@ class Engine:
                 reason = "stop"
             elif r.generated >= r.params.max_new_tokens:
                 reason = "length"
-            event = Event(token=token, logprob=logprob, finish_reason=reason)
-            if reason is None:
-                r._emit(event)
-            else:
-                self._finish(r, event)
+            if reason is not None:
+                self._release(r)
+            out.append((r, Event(token=token, logprob=logprob, finish_reason=reason)))
+        emit_all(out)
 
     def _finish(self, request: Request, event: Event) -> None:
-        """Send the request's last event and give its slot back."""
+        """Give the request's slot back, then send its last event."""
+        self._release(request)
+        request._emit(event)  # after the slot is back: whoever sees the last event sees the batch without it
+
+    def _release(self, request: Request) -> None:
         request.done = True
         with self._cond:
             if request.slot is not None and self._active.get(request.slot) is request:
@@ -264,4 +268,22 @@ class Engine:
                 self.cache.free(request.slot)
                 self._free.append(request.slot)
                 self._free.sort()
-        request._emit(event)  # after the slot is back: whoever sees the last event sees the batch without it
+
+
+def emit_all(pairs: list[tuple[Request, Event]]) -> None:
+    """Hand a step's events to their requests with one wake-up per event loop (not one per request: at 32
+    requests a step, per-request wake-ups cost the replica's loop more than the step itself)."""
+    by_loop: dict = {}
+    for request, event in pairs:
+        by_loop.setdefault(request.loop, []).append((request, event))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # that event loop is closed: nobody is listening any more
+            for request, _ in items:
+                request.cancelled = True
+
+
+def _put_all(items: list[tuple[Request, Event]]) -> None:
+    for request, event in items:
+        request.queue.put_nowait(event)

@@ -28,3 +28,18 @@ def test_unknown_builder_arguments_are_errors():
 def test_the_model_is_named_after_its_run():
     assert default_model_name("runs/align/demo-grpo/final") == "lmlife-demo-grpo"
     assert default_model_name("s3://b/runs/finetune/instruct/") == "lmlife-instruct"
+
+
+def test_listening_beyond_localhost_without_a_key_warns_and_a_missing_key_is_an_error(caplog, monkeypatch):
+    from pipelines.serve.app import application
+
+    with caplog.at_level("WARNING", logger="lmlife.serve"):
+        application(config_from_args({"checkpoint": "x", "serve.host": "0.0.0.0"}))
+    assert "without an API key" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lmlife.serve"):
+        application(config_from_args({"checkpoint": "x"}))
+    assert "without an API key" not in caplog.text
+    monkeypatch.delenv("LMLIFE_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ConfigError, match="LMLIFE_NO_SUCH_KEY names an environment variable that is not set"):
+        application(config_from_args({"checkpoint": "x", "serve.api_key_env": "LMLIFE_NO_SUCH_KEY"}))
