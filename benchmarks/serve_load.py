@@ -88,8 +88,10 @@ async def stream_one(client: httpx.AsyncClient, url: str, question: str, max_tok
                 error = "stream ended without [DONE]"
     except (httpx.HTTPError, OSError) as e:
         error = f"{type(e).__name__}: {e}"[:100]
-    if error is not None or first is None:
-        return {"ok": False, "error": error or "no tokens"}
+    if error is not None:
+        return {"ok": False, "error": error}
+    if first is None:  # the reply ended at once (<|end|> first): no text, one token
+        return {"ok": True, "ttft": None, "itl": None, "tokens": tokens}
     itl = (last - first) / (tokens - 1) if tokens > 1 else None
     return {"ok": True, "ttft": first - start, "itl": itl, "tokens": tokens}
 
@@ -109,7 +111,7 @@ async def level(url: str, clients: int, requests_per_client: int, max_tokens: in
         await asyncio.gather(*[worker(i) for i in range(clients)])
         wall = time.perf_counter() - start
     ok = [r for r in results if r["ok"]]
-    ttft = [r["ttft"] * 1000 for r in ok]
+    ttft = [r["ttft"] * 1000 for r in ok if r["ttft"] is not None]
     itl = [r["itl"] * 1000 for r in ok if r["itl"] is not None]
     return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
             "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99), "itl_p50": pct(itl, 0.5),

@@ -163,6 +163,12 @@ class KVCache:
         for r in self.rows:
             self.lengths[r] += n
 
+    def truncate(self, slot: int, length: int):
+        """Keep a slot's first `length` positions (e.g. after a right-padded batch prefill, its real tokens)."""
+        if not 0 <= length <= self.lengths[slot]:
+            raise ValueError(f"slot {slot} holds {self.lengths[slot]} positions, cannot keep {length}")
+        self.lengths[slot] = length
+
     def free(self, slot: int):
         """Forget a slot's sequence so that a new one can use it (its stale keys are masked until overwritten)."""
         self.lengths[slot] = 0

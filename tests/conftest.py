@@ -18,6 +18,10 @@ def ray_cluster():
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray Train's controller collects one report per worker per health check, every 2 s by default: a tiny model
+    # that reports every few steps (tens of ms apart) would spend most of each fit waiting for it. Set before
+    # ray.init, so that the raylet and every process it starts (a sweep subprocess's controllers too) inherit it.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     ray.init(num_cpus=2, include_dashboard=True, namespace="lmlife-tests",
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     yield ray

@@ -5,8 +5,8 @@ How a request lives:
    and the context (prompt + max_new_tokens <= the KV cache's max_len), and puts a `Request` at the back of the
    waiting queue; a full queue raises `EngineOverloaded` (the API answers 429 with Retry-After).
 2. **Waits.** Between two decode steps the loop moves waiting requests, oldest first, into free KV-cache slots
-   (`models.decoder.KVCache`, one slot per sequence with its own length): one prefill forward over the prompt in
-   its slot, and its first token is sampled at once. A request that arrives while others decode therefore gets its
+   (`models.decoder.KVCache`, one slot per sequence with its own length) and prefills them together in one
+   right-padded forward (up to `prefill_tokens` padded tokens each); their first tokens are sampled at once. A request that arrives while others decode therefore gets its
    first token after at most one step of theirs, not after they end (static batching would make it wait).
 3. **Decodes.** Each step is one forward over all active slots, one new token per slot at its own position (the
    cache's ragged mode), then one sample per row with that request's temperature / top-k / top-p and its own seeded
@@ -108,13 +108,14 @@ class Engine:
     """Continuous batching over one `Decoder` (see the module docstring). Thread-safe `submit`; `close` stops it."""
 
     def __init__(self, model: Decoder, *, max_batch: int = 32, batching: bool = True, max_waiting: int = 256,
-                 max_len: int | None = None):
+                 max_len: int | None = None, prefill_tokens: int = 4096):
         self.model = model.eval()
         self.device = model.model.embed_tokens.weight.device
         self.max_len = max_len or model.cfg.max_seq_len
         self.slots = max_batch if batching else 1
         self.batching = batching
         self.max_waiting = max_waiting
+        self.prefill_tokens = prefill_tokens  # padded prompt tokens in one prefill forward
         self.cache = model.make_kv_cache(self.slots, self.max_len)
         self._free = list(range(self.slots))
         self._active: dict[int, Request] = {}  # slot -> request, in admission order
@@ -190,29 +191,50 @@ class Engine:
                 self._finish(request, Event(finish_reason="cancelled"))
 
     def _admit(self) -> None:
-        while True:
-            with self._cond:
-                if not self._free or not self._waiting:
-                    return
+        """Move waiting requests into free slots and prefill them together (right-padded: causal attention never
+        lets a real token see the padding after it, and each slot then keeps only its real positions)."""
+        admitted = []
+        with self._cond:
+            while self._free and self._waiting:
                 request = self._waiting.popleft()
                 if request.cancelled:
                     continue
                 request.slot = self._free.pop(0)
                 self._active[request.slot] = request
-                self.max_active = max(self.max_active, len(self._active))
-            try:
-                self._prefill(request)
-            except Exception as e:  # noqa: BLE001 - the request fails, the loop goes on
+                admitted.append(request)
+            self.max_active = max(self.max_active, len(self._active))
+        group, tokens = [], 0
+        for request in admitted:  # groups of at most prefill_tokens padded tokens
+            if group and (len(group) + 1) * max(tokens, len(request.prompt)) > self.prefill_tokens:
+                self._prefill_group(group)
+                group, tokens = [], 0
+            group.append(request)
+            tokens = max(tokens, len(request.prompt))
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[Request]) -> None:
+        try:
+            self._prefill(group)
+        except Exception as e:  # noqa: BLE001 - these requests fail, the loop goes on
+            for request in group:
                 self._finish(request, Event(error=f"prefill failed: {type(e).__name__}: {e}"))
 
     @torch.inference_mode()
-    def _prefill(self, request: Request) -> None:
-        self.cache.free(request.slot)
-        self.cache.select([request.slot])
-        ids = torch.tensor([request.prompt], dtype=torch.long, device=self.device)  # (1, P)
-        hidden = self.model.hidden_states(ids, kv_cache=self.cache)  # (1, P, D)
-        logits = self.model.lm_logits(hidden[:, -1]).float()  # (1, V)
-        self._deliver([request], logits)
+    def _prefill(self, group: list[Request]) -> None:
+        slots = [r.slot for r in group]
+        for slot in slots:
+            self.cache.free(slot)
+        self.cache.select(slots)
+        lengths = [len(r.prompt) for r in group]
+        ids = torch.zeros(len(group), max(lengths), dtype=torch.long)
+        for i, r in enumerate(group):
+            ids[i, :lengths[i]] = torch.tensor(r.prompt, dtype=torch.long)
+        hidden = self.model.hidden_states(ids.to(self.device), kv_cache=self.cache)  # (B, P, D), causal
+        last = hidden[torch.arange(len(group), device=self.device), torch.tensor(lengths, device=self.device) - 1]
+        for slot, n in zip(slots, lengths):
+            self.cache.truncate(slot, n)
+        self._deliver(group, self.model.lm_logits(last).float())  # (B, V)
 
     @torch.inference_mode()
     def _decode_step(self) -> None:

@@ -4,8 +4,8 @@
 kind for it, an `init_from` that does not exist or holds another model's shape, a run name that holds another
 model's checkpoints, or a run that already finished — each is one clear error, found in milliseconds.
 A stage then joins Ray, calls `check_worker_resources` (the cluster against the request), prepares its shards and
-calls `fit`, which checks the model against the shards (vocabulary, sequence length, format), builds the Ray
-Datasets from the manifest's parquet shards, fits, and leaves the final checkpoint (weights, config, tokenizer,
+calls `fit`, which checks the model against the shards (vocabulary, sequence length, format), builds the training
+Ray Dataset from the manifest's parquet shards, fits, and leaves the final checkpoint (weights, config, tokenizer,
 meta) and `metrics.json` in `{run.root}/{stage}/{run.name}/final`, the directory the next stage takes as
 `init_from=`. `run_training` does all of it for a caller that has its shards already (tests, benchmarks).
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 import ray.train
 from omegaconf import DictConfig, OmegaConf
@@ -165,10 +166,10 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
         examples = train_examples
 
     extra = round(examples * replay["share"] / (1 - replay["share"])) if replay else 0
+    few = first_examples(splits["train"]["files"], train_examples) if train_examples else None
 
     def read_train(i: int):
-        ds = ray.data.read_parquet(splits["train"]["files"])
-        ds = ds.limit(train_examples) if train_examples else ds
+        ds = ray.data.from_arrow_refs([few]) if few is not None else ray.data.read_parquet(splits["train"]["files"])
         if not extra:
             return ds
         # Each pass draws its own sample of pre-training blocks, and the two kinds are shuffled together.
@@ -178,20 +179,23 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
                                     batch_format="pyarrow", batch_size=1024)
         return ds.union(blocks).random_shuffle(seed=trainer_cfg["seed"] + i)
 
-    train = [read_train(i) for i in range(data_passes(trainer_cfg, examples + extra))]
-    datasets = {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
-    if splits["valid"]["files"]:
-        datasets["valid"] = ray.data.read_parquet(splits["valid"]["files"])
+    passes = data_passes(trainer_cfg, examples + extra)
+    if few is not None and not extra:
+        datasets = {"train": ray.data.from_arrow_refs([few] * passes)}  # one object, listed once per pass
     else:
+        train = [read_train(i) for i in range(passes)]
+        datasets = {"train": train[0].union(*train[1:]) if len(train) > 1 else train[0]}
+    if not splits["valid"]["files"]:  # the workers read the validation shards themselves (loop.valid_batches)
         log.warning("%s has no validation examples: training without validation metrics", manifest["dir"])
     config = {
         "stage": stage, "run_name": cfg.run.name, "run_dir": storage.join(storage_path, cfg.run.name),
         "model": model_cfg, "objective": objective_cfg,
         "trainer": trainer_cfg, "logger": OmegaConf.to_container(cfg.logger, resolve=True),
-        "init_from": init_from, "seq_len": manifest["seq_len"], "has_valid": "valid" in datasets,
+        "init_from": init_from, "seq_len": manifest["seq_len"],
         "special_ids": manifest["tokenizer"]["special_ids"], "tokenizer_vocab_size": manifest["tokenizer"]["vocab_size"],
         "first_ordinary_id": manifest["tokenizer"]["first_ordinary_id"],
         "tokenizer_model": storage.read_bytes(manifest["tokenizer"]["path"]), "shards": manifest["dir"],
+        "valid_files": splits["valid"]["files"], "has_valid": bool(splits["valid"]["files"]),
         "head": head, "lora": lora if lora and lora.get("rank") else None, "init_into": init_into,
         "meta": meta or {},
     }
@@ -226,6 +230,22 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
     storage.write_json(storage.join(final_dir, "metrics.json"),
                        {"stage": stage, "run": cfg.run.name, "checkpoint": result.checkpoint.path, **metrics})
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
+
+
+def first_examples(files: list[str], count: int) -> ray.ObjectRef:
+    """The first `count` rows of the shard `files` (in their order), read here and put in the object store once.
+
+    A run on a few examples (`train_examples`) makes many passes over them (`data_passes`): a Ray Data read of the
+    shards per pass is tens of operators that share the cluster's CPUs with the workers (on 2 CPUs they waited
+    minutes for 50 examples), where one read here takes milliseconds."""
+    tables, rows = [], 0
+    for path in files:
+        if rows >= count:
+            break
+        fs, p = storage.filesystem(path)
+        tables.append(pq.read_table(p, filesystem=fs))
+        rows += tables[-1].num_rows
+    return ray.put(pa.concat_tables(tables).slice(0, count).combine_chunks())
 
 
 def as_sft_rows(batch: pa.Table, *, width: int) -> pa.Table:

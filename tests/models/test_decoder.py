@@ -191,3 +191,7 @@ def test_kv_cache_slot_errors(decoder):
         cache.select([0])
         with pytest.raises(ValueError, match="overflow"):
             decoder(torch.ones(1, 6, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="slot 0 holds 3 positions, cannot keep 4"):
+        cache.truncate(0, 4)
+    cache.truncate(0, 1)
+    assert cache.lengths == [1, 0]
