@@ -419,7 +419,7 @@ def config_from_args(args: dict) -> DictConfig:
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value and key != "autoscaling_config":
+        if isinstance(value, dict) and value and key.rsplit(".", 1)[-1] != "autoscaling_config":
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -16,6 +16,8 @@ def test_builder_arguments_compose_over_the_defaults():
     assert cfg.serve.engine.max_batch == 16 and cfg.serve.engine.batching is False
     assert cfg.serve.num_replicas == 2 and cfg.serve.autoscaling_config.max_replicas == 3
     assert cfg.serve.generation.min_reply_tokens == 16  # untouched defaults stay
+    dotted = config_from_args({"checkpoint": "x", "serve.autoscaling_config": {"min_replicas": 1, "max_replicas": 4}})
+    assert dotted.serve.autoscaling_config.max_replicas == 4
 
 
 def test_unknown_builder_arguments_are_errors():

@@ -1,0 +1,641 @@
+"""Offline checks of the KubeRay manifests in k8s/: what the API server, the KubeRay operator or this project would
+refuse, found before `kubectl apply` (no cluster, no Docker; a RayService's check imports the serve app).
+
+    python -m cluster.kuberay                                  # k8s/*.yaml and k8s/Dockerfile
+    python -m cluster.kuberay k8s/ray-job.pretrain.yaml        # some files; exit status 1 on any error
+    python -m cluster.kuberay --regenerate-schemas CRD_DIR     # k8s/schemas/*.json from KubeRay's CRD YAMLs
+
+1. The CRD schema (k8s/schemas/<kind>.json, derived from KubeRay's CRDs by `schema_from_crd`), applied as the API
+   server applies it: `admit` drops the nulls the schema does not allow and fills in defaults (a port of
+   apiextensions-apiserver's defaulting), then JSON Schema validation where unknown fields are errors (kubectl's
+   strict field validation) unless x-kubernetes-preserve-unknown-fields, int-or-string is `[integer, string]`,
+   list-type set/map entries are unique, and the CEL rules that apply on create are hand translations (RULES).
+   metadata is the API server's ObjectMeta with the operator's rule for names (a DNS-1035 label, short enough
+   for the Services it derives from it).
+2. What the schema cannot say: rayStartParams that `ray start` reads as numbers are numbers; GPU requests equal
+   limits; every Ray container runs the project image (the -gpu one where it takes GPUs) at the Dockerfile's
+   version and Ray version, and gets object-storage credentials from a Secret; a RayJob's entry point is `python -m pipelines.<stage> overrides...` for a stage of this project whose
+   overrides compose with Hydra, whose storage paths are URIs, whose GPUs the cluster starts with, and whose
+   cluster is deleted after it; a RayService's serveConfigV2 is YAML that builds this project's chat app
+   (`pipelines.serve.app:build`, args composed by `config_from_args`) from a checkpoint URI.
+3. The Dockerfile (`check_dockerfile`): the Ray base images, the torch wheel of each flavour, the project
+   installed, its version label that of pyproject.toml.
+
+Regenerating the schemas for another KubeRay release: point --regenerate-schemas at the release's
+ray-operator/config/crd/bases/ and set KUBERAY_VERSION; a new CEL rule stops it until RULES translates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import re
+import shlex
+import sys
+import tomllib
+from fractions import Fraction
+from pathlib import Path
+
+import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from jsonschema import Draft202012Validator, ValidationError, validators
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+SCHEMAS = K8S / "schemas"
+CONF = ROOT / "conf"
+KUBERAY_VERSION = "v1.7.0"
+KINDS = {"RayCluster": "raycluster", "RayJob": "rayjob", "RayService": "rayservice"}
+# The operator's longest name for each kind (ray-operator/controllers/ray/utils/constant.go): 63 minus the longest
+# Service suffix it appends ("-serve-svc"), minus 6 more for the cluster a RayJob or RayService creates.
+NAME_LIMITS = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
+DNS1035_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+SERVE_BUILDER = "pipelines.serve.app:build"
+# Settings that name files every pod must reach: on Kubernetes, URIs of shared storage.
+STORAGE_KEYS = ("data.root", "run.root", "init_from", "shards", "checkpoint", "tokenizer.path", "align.reward_model",
+                "rankings_eval_path", "data.paths", "align.prompts.paths")
+CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# What a config that does not compose raises (the project's ConfigError is a ValueError).
+CONFIG_ERRORS = (ValueError, HydraException, OmegaConfBaseException)
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+# rayStartParams that `ray start` reads as numbers (the schema says only: strings).
+NUMERIC_START_PARAMS = ("num-cpus", "num-gpus", "memory", "object-store-memory")
+
+# The CRDs' x-kubernetes-validations that apply on create, by their CEL text (rules on oldSelf only run on update).
+_MANAGED_BY = ("ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue")
+RULES = {
+    "self in ['ray.io/kuberay-operator', 'kueue.x-k8s.io/multikueue']": lambda self: self in _MANAGED_BY,
+    "!(has(self.jobStatus) && has(self.jobDeploymentStatus))":
+        lambda self: not ("jobStatus" in self and "jobDeploymentStatus" in self),
+    "has(self.jobStatus) || has(self.jobDeploymentStatus)":
+        lambda self: "jobStatus" in self or "jobDeploymentStatus" in self,
+    "!((has(self.onSuccess) || has(self.onFailure)) && has(self.deletionRules))":
+        lambda self: not (("onSuccess" in self or "onFailure" in self) and "deletionRules" in self),
+    "((has(self.onSuccess) && has(self.onFailure)) || has(self.deletionRules))":
+        lambda self: ("onSuccess" in self and "onFailure" in self) or "deletionRules" in self,
+}
+
+
+# ---- the CRD schemas ----
+
+def schema_from_crd(crd: dict) -> dict:
+    """The JSON Schema (draft 2020-12) of a CRD's storage version, as the API server applies it to a new object."""
+    kind, group = crd["spec"]["names"]["kind"], crd["spec"]["group"]
+    version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
+    schema = _convert(version["schema"]["openAPIV3Schema"])
+    schema["properties"] |= {
+        "apiVersion": {"const": f"{group}/{version['name']}"},
+        "kind": {"const": kind},
+        "metadata": _object_meta(NAME_LIMITS[kind]),
+        "status": {"$comment": "written by the operator: the API server drops it on create (status subresource)"},
+    }
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": f"{kind} ({group}/{version['name']})",
+            "$comment": f"Derived from KubeRay {KUBERAY_VERSION}'s CRD {crd['metadata']['name']} by "
+                        f"`python -m cluster.kuberay --regenerate-schemas CRD_DIR`; do not edit.", **schema}
+
+
+def _convert(node: dict) -> dict:
+    """One schema node: descriptions dropped, k8s extensions made JSON Schema (or kept for the Validator below)."""
+    out = {}
+    for key, value in node.items():
+        if key in ("description", "nullable", "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
+                   "x-kubernetes-map-type"):
+            continue
+        if key == "properties":
+            out[key] = {name: _convert(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = _convert(value)
+        elif key in ("anyOf", "allOf", "oneOf"):
+            out[key] = [_convert(sub) for sub in value]
+        elif key == "x-kubernetes-validations":
+            rules = [{"rule": r["rule"], "message": r.get("message", r["rule"])} for r in value
+                     if "oldSelf" not in r["rule"]]
+            for rule in rules:
+                if rule["rule"] not in RULES:
+                    raise ValueError(f"no hand translation of the CEL rule {rule['rule']!r} ({rule['message']}): "
+                                     f"add one to RULES in cluster/kuberay.py")
+            if rules:
+                out[key] = rules
+        else:
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string"):  # anyOf: [{type: integer}, {type: string}]: one type list reads better
+        out.pop("anyOf", None)
+        out["type"] = ["integer", "string"]
+    if node.get("nullable") and "type" in out:
+        out["type"] = [*_types(out), "null"]
+    if (out.get("type") == "object" and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False  # the API server prunes unknown fields; kubectl's strict validation refuses
+    return out
+
+
+def _object_meta(max_name: int) -> dict:
+    string_map = {"type": "object", "additionalProperties": {"type": "string"}}
+    return {"type": "object", "required": ["name"], "additionalProperties": False,
+            "$comment": f"ObjectMeta, which the API server validates itself (the CRD says only `type: object`); "
+                        f"name as KubeRay's operator wants it, a DNS-1035 label of at most {max_name} characters, and "
+                        f"required: `kubectl apply` cannot use generateName.",
+            "properties": {"name": {"type": "string", "maxLength": max_name, "pattern": DNS1035_LABEL},
+                           "namespace": {"type": "string", "maxLength": 63, "pattern": DNS1123_LABEL},
+                           "labels": string_map, "annotations": string_map,
+                           "finalizers": {"type": "array", "items": {"type": "string"}}}}
+
+
+def regenerate_schemas(crd_dir: Path, out_dir: Path = SCHEMAS) -> list[Path]:
+    """k8s/schemas/<kind>.json from the CRD YAMLs in `crd_dir` (KubeRay's ray-operator/config/crd/bases/)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are megabytes of YAML
+    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(crd_dir).glob("ray.io_*.yaml")):
+        crd = yaml.load(path.read_text(), Loader=loader)
+        kind = crd["spec"]["names"]["kind"]
+        if kind in KINDS:
+            target = out_dir / f"{KINDS[kind]}.json"
+            target.write_text(json.dumps(schema_from_crd(crd), separators=(",", ":"), sort_keys=True) + "\n")
+            written.append(target)
+    return written
+
+
+@functools.cache
+def schema(kind: str) -> dict:
+    return json.loads((SCHEMAS / f"{KINDS[kind]}.json").read_text())
+
+
+# ---- what the API server does before it validates ----
+
+def admit(obj, schema_: dict):
+    """A copy of `obj` as the API server validates it: non-nullable nulls without a default removed, then defaults
+    filled in (apiextensions-apiserver's PruneNonNullableNullsWithoutDefaults and Default, in that order)."""
+    obj = copy.deepcopy(obj)
+    _prune_nulls(obj, schema_)
+    _default(obj, schema_)
+    return obj
+
+
+def _types(s: dict) -> list:
+    t = s.get("type", [])
+    return t if isinstance(t, list) else [t]
+
+
+def _nullable(s: dict | None) -> bool:
+    return s is not None and "null" in _types(s)
+
+
+def _field_schema(s: dict | None, key: str) -> dict | None:
+    if s is None:
+        return None
+    if key in s.get("properties", {}):
+        return s["properties"][key]
+    extra = s.get("additionalProperties")
+    return extra if isinstance(extra, dict) else None
+
+
+def _prune_nulls(x, s: dict | None) -> None:
+    if isinstance(x, dict):
+        for key in list(x):
+            sub = _field_schema(s, key)
+            if x[key] is None and sub is not None and not _nullable(sub) and "default" not in sub:
+                del x[key]
+            else:
+                _prune_nulls(x[key], sub)
+    elif isinstance(x, list):
+        for item in x:
+            _prune_nulls(item, s.get("items") if s else None)
+
+
+def _default(x, s: dict | None) -> None:
+    if isinstance(x, dict) and s is not None:
+        x.update({key: copy.deepcopy(prop["default"]) for key, prop in s.get("properties", {}).items()
+                  if key not in x and "default" in prop})
+        for key in x:
+            x[key] = _filled(x[key], _field_schema(s, key))
+    elif isinstance(x, list) and s is not None and isinstance(s.get("items"), dict):
+        x[:] = [_filled(item, s["items"]) for item in x]
+
+
+def _filled(value, s: dict | None):
+    """`value` defaulted: a non-nullable null replaced by the schema's default, then its own fields."""
+    if value is None and s is not None and "default" in s and not _nullable(s):
+        value = copy.deepcopy(s["default"])
+    _default(value, s)
+    return value
+
+
+# ---- the validator: JSON Schema plus the two k8s keywords kept in the schemas ----
+
+def _cel_rules(validator, rules, instance, schema_):
+    if "type" in schema_ and not any(validator.is_type(instance, t) for t in _types(schema_)):
+        return  # the type error is reported; the API server runs no rule on a value of the wrong type
+    for rule in rules:
+        if not RULES[rule["rule"]](instance):
+            yield ValidationError(rule["message"])
+
+
+def _list_type(validator, list_type, instance, schema_):
+    if not isinstance(instance, list) or list_type not in ("set", "map"):
+        return
+    keys = schema_.get("x-kubernetes-list-map-keys", [])
+    seen = set()
+    for item in instance:
+        if list_type == "map" and isinstance(item, dict):
+            key = json.dumps({k: item.get(k) for k in keys}, sort_keys=True)
+        else:
+            key = json.dumps(item, sort_keys=True)
+        if key in seen:
+            yield ValidationError(f"duplicate entry {key} (x-kubernetes-list-type: {list_type})")
+        seen.add(key)
+
+
+Validator = validators.extend(Draft202012Validator, {"x-kubernetes-validations": _cel_rules,
+                                                     "x-kubernetes-list-type": _list_type})
+
+
+@functools.cache
+def _validator(kind: str) -> Draft202012Validator:
+    return Validator(schema(kind))
+
+
+def _path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def schema_errors(obj: dict) -> list[str]:
+    """The CRD's verdict on `obj` (admitted: nulls pruned, defaults filled in), one line per error."""
+    errors = []
+    for error in _validator(obj["kind"]).iter_errors(obj):
+        where = _path(error.absolute_path)
+        if error.validator == "additionalProperties" and error.validator_value is False:
+            known = error.schema.get("properties", {})
+            errors += [f"{where}: unknown field {name!r}" for name in error.instance if name not in known]
+        else:
+            errors.append(f"{where}: {error.message}")
+    return sorted(errors)
+
+
+# ---- the project: Dockerfile and pyproject.toml ----
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [(word.upper(), rest.strip()) for word, _, rest in
+            (line.strip().partition(" ") for line in joined.splitlines() if line.strip())]
+
+
+@functools.cache
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def dockerfile_facts(text: str) -> dict:
+    """What k8s/Dockerfile declares: {stage alias: base image}, the final FROM, LABELs, ENV per stage, RUNs, COPYs."""
+    facts = {"bases": {}, "final": None, "labels": {}, "env": {}, "run": [], "copy": [], "args": {}}
+    stage = None
+    for word, rest in _instructions(text):
+        if word == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+as\s+(\S+))?", rest, flags=re.I)
+            image, alias = match[1], match[2]
+            facts["bases"][alias or image] = image
+            facts["final"], stage = image, alias or image
+        elif word == "ARG" and not facts["bases"]:  # global ARGs, before the first FROM
+            name, _, value = rest.partition("=")
+            facts["args"][name] = value
+        elif word in ("LABEL", "ENV"):
+            pairs = dict(re.findall(r'(\S+?)=("[^"]*"|\S*)', rest))
+            pairs = {k: v.strip('"') for k, v in pairs.items()}
+            if word == "LABEL":
+                facts["labels"] |= pairs
+            else:
+                facts["env"].setdefault(stage, {}).update(pairs)
+        elif word in ("RUN", "COPY"):
+            facts[word.lower()].append(rest)
+    return facts
+
+
+def check_dockerfile(text: str) -> list[str]:
+    """The image build's promises, read statically: Ray base images (CPU and CUDA, chosen by FLAVOR) at the Ray
+    version pyproject.toml pins, the torch wheel each flavour needs, the project installed, its version label."""
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    facts, errors, project = dockerfile_facts(text), [], pyproject()
+    bases = {alias: re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)(-gpu)?", image or "")
+             for alias, image in facts["bases"].items()}
+    for alias, gpu in (("base-cpu", None), ("base-gpu", "-gpu")):
+        match = bases.get(alias)
+        if not match or match[4] != gpu:
+            errors.append(f"stage {alias} must start FROM rayproject/ray:<ray version>-py3XX{gpu or ''}")
+    if errors:
+        return errors
+    ray = sorted({bases[a][1] for a in ("base-cpu", "base-gpu")})
+    python = sorted({f"{bases[a][2]}.{bases[a][3]}" for a in ("base-cpu", "base-gpu")})
+    ray_pin = next(Requirement(r) for r in project["dependencies"] if Requirement(r).name == "ray")
+    if len(ray) > 1 or not ray_pin.specifier.contains(ray[0]):
+        errors.append(f"the base images' Ray {' and '.join(ray)} must be one release within pyproject's {ray_pin}")
+    if len(python) > 1 or not SpecifierSet(project["requires-python"]).contains(python[0]):
+        errors.append(f"the base images' Python {' and '.join(python)} must be one version within pyproject's "
+                      f"requires-python {project['requires-python']}")
+    if facts["final"] != "base-${FLAVOR}" or facts["args"].get("FLAVOR") != "cpu":
+        errors.append("the image must be built FROM base-${FLAVOR}, with ARG FLAVOR=cpu before the first FROM")
+    index = {alias: facts["env"].get(alias, {}).get("LMLIFE_TORCH_INDEX") for alias in ("base-cpu", "base-gpu")}
+    if index["base-cpu"] != CPU_TORCH_INDEX or index["base-gpu"] == CPU_TORCH_INDEX:
+        errors.append(f"LMLIFE_TORCH_INDEX must be {CPU_TORCH_INDEX} in base-cpu (the CPU wheel) and not in base-gpu "
+                      f"(PyPI's default wheel is the CUDA one), got {index}")
+    if not any("pip install" in run and "LMLIFE_TORCH_INDEX" in run and "TORCH_SPEC" in run for run in facts["run"]):
+        errors.append("no RUN installs torch (${TORCH_SPEC}) from ${LMLIFE_TORCH_INDEX}")
+    if not any(re.search(r"pip install\b.*\s(-e\s+)?\.(\s|$)", run) for run in facts["run"]):
+        errors.append("no RUN installs the project (pip install -e .)")
+    if not any(re.search(r"(^|\s)conf(\s|/|$)", copy_) for copy_ in facts["copy"]):
+        errors.append("conf/ is not copied into the image: every stage composes its config from it")
+    labels = facts["labels"]
+    if (labels.get("org.opencontainers.image.title"), labels.get("org.opencontainers.image.version")) != (
+            project["name"], project["version"]):
+        errors.append(f"LABEL org.opencontainers.image.title/version must be {project['name']} {project['version']} "
+                      f"(pyproject.toml), got {labels.get('org.opencontainers.image.title')} "
+                      f"{labels.get('org.opencontainers.image.version')}")
+    return errors
+
+
+@functools.cache
+def image() -> dict:
+    """The project image's tags and Ray version, from k8s/Dockerfile: {"cpu": ..., "gpu": ..., "ray": ...}."""
+    facts = dockerfile_facts((K8S / "Dockerfile").read_text())
+    name = facts["labels"].get("org.opencontainers.image.title")
+    version = facts["labels"].get("org.opencontainers.image.version")
+    ray = re.search(r":(\d+\.\d+\.\d+)-", facts["bases"].get("base-cpu") or "")
+    return {"cpu": f"{name}:{version}", "gpu": f"{name}:{version}-gpu", "ray": ray[1] if ray else None}
+
+
+# ---- checks beyond the schema ----
+
+def _whole(value) -> int | None:
+    """A count of GPUs ("1", 2); None if it is not a whole number (Kubernetes hands out devices whole)."""
+    return int(value) if re.fullmatch(r"\d+", str(value).strip()) else None
+
+
+def _cluster(obj: dict) -> tuple[str, dict | None]:
+    """(path, RayCluster spec) of a RayCluster, a RayJob's rayClusterSpec or a RayService's rayClusterConfig."""
+    key = {"RayCluster": None, "RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}[obj["kind"]]
+    return (f"spec.{key}", obj["spec"].get(key)) if key else ("spec", obj["spec"])
+
+
+def _groups(prefix: str, cluster: dict) -> list[tuple[str, dict]]:
+    """(path, group) for the head group and each worker group."""
+    groups = [(f"{prefix}.headGroupSpec", cluster["headGroupSpec"])]
+    return groups + [(f"{prefix}.workerGroupSpecs[{i}]", g) for i, g in enumerate(cluster.get("workerGroupSpecs", []))]
+
+
+def _ray_container(group: dict) -> dict:
+    return (group["template"]["spec"]["containers"] or [{}])[0]  # KubeRay's Ray container is the first
+
+
+def _pod_gpus(group: dict) -> int:
+    """The GPUs Ray sees on a pod of the group: rayStartParams' num-gpus, else the Ray container's GPU limits."""
+    if re.fullmatch(r"\d+", group.get("rayStartParams", {}).get("num-gpus", "")):
+        return int(group["rayStartParams"]["num-gpus"])
+    limits = _ray_container(group).get("resources", {}).get("limits", {})
+    return sum(_whole(v) or 0 for k, v in limits.items() if k.endswith("/gpu"))
+
+
+def pod_errors(obj: dict) -> list[str]:
+    """The Ray version, and per group: numbers in rayStartParams, GPU requests equal to limits, the project image
+    in the Ray container (the -gpu one if it takes GPUs), storage credentials from a Secret."""
+    prefix, cluster = _cluster(obj)
+    if cluster is None:
+        return []
+    tags = image()
+    errors = [] if cluster.get("rayVersion") == tags["ray"] else [
+        f"{prefix}.rayVersion must be {tags['ray']!r}, the Ray of k8s/Dockerfile's base images"]
+    for where, group in _groups(prefix, cluster):
+        errors += [f"{where}.rayStartParams.{key}: {value!r} is not a number (ray start --{key} takes one)"
+                   for key, value in group.get("rayStartParams", {}).items()
+                   if key in NUMERIC_START_PARAMS and not re.fullmatch(r"\d+(\.\d+)?", value)]
+        if not group["template"]["spec"]["containers"]:
+            errors.append(f"{where}.template.spec.containers: empty (the operator needs the Ray container first)")
+            continue
+        for i, container in enumerate(group["template"]["spec"]["containers"]):
+            requests, limits = (container.get("resources", {}).get(of, {}) for of in ("requests", "limits"))
+            errors += [f"{where}.template.spec.containers[{i}].resources: {name} requests {requests.get(name)} != "
+                       f"limits {limits.get(name)}: Kubernetes needs GPU requests equal to limits, in whole GPUs"
+                       for name in sorted({*requests, *limits}) if name.endswith("/gpu") and (
+                           _whole(limits.get(name)) is None or _whole(requests.get(name, limits[name])) != _whole(
+                               limits[name]))]
+        errors += _ray_container_errors(f"{where}.template.spec.containers[0]", _ray_container(group),
+                                        gpu=bool(_pod_gpus(group)), tags=tags)
+    return errors
+
+
+def _ray_container_errors(at: str, ray: dict, *, gpu: bool, tags: dict) -> list[str]:
+    errors = []
+    name = str(ray.get("image")).rsplit("/", 1)[-1]  # from any registry
+    if name not in ((tags["gpu"],) if gpu else (tags["cpu"], tags["gpu"])):
+        wanted = f"{tags['gpu']} (it takes GPUs)" if gpu else f"{tags['cpu']} or {tags['gpu']}"
+        errors.append(f"{at}.image is {ray.get('image')!r}: the Ray container runs the project image, {wanted}")
+    errors += [f"{at}.env: {e['name']} has a literal value: credentials come from a Secret (valueFrom)"
+               for e in ray.get("env", []) if e["name"] in CREDENTIALS and "value" in e]
+    from_secret = {e["name"] for e in ray.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    if not any("secretRef" in source for source in ray.get("envFrom", [])) and not {
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= from_secret:
+        errors.append(f"{at}: no object-storage credentials from a Secret (envFrom: secretRef, or env valueFrom: "
+                      f"secretKeyRef for AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    return errors
+
+
+def gpu_errors(needed: Fraction, *, per_pod: Fraction, at_start: bool, cluster: dict, what: str) -> list[str]:
+    """`needed` GPUs (in pieces of `per_pod` on one pod) fit the cluster: when it starts (a stage looks for its GPUs
+    before it asks Ray for them, so the autoscaler is never asked) or at its largest (Ray Serve asks by itself)."""
+    groups = [(cluster["headGroupSpec"], 1, 1)] + [
+        (g, max(g["minReplicas"], min(g["replicas"], g["maxReplicas"])), g["maxReplicas"])
+        for g in cluster.get("workerGroupSpecs", [])]
+    hosts = [(_pod_gpus(g), start * g.get("numOfHosts", 1), most * g.get("numOfHosts", 1)) for g, start, most in groups]
+    start, most = sum(gpus * n for gpus, n, _ in hosts), sum(gpus * n for gpus, _, n in hosts)
+    biggest = max(gpus for gpus, _, _ in hosts)
+    if per_pod > biggest:
+        return [f"{what} needs {_num(per_pod)} GPUs on one pod; the largest pod has {_num(biggest)}"]
+    if at_start and needed > start:
+        return [f"{what} needs {_num(needed)} GPUs but the cluster starts with {_num(start)} (replicas/minReplicas of "
+                f"its worker groups): the stage looks for its GPUs before it asks Ray for them, so the autoscaler "
+                f"would not add them"]
+    if needed > most:
+        return [f"{what} needs {_num(needed)} GPUs but the cluster grows to {_num(most)} at most (maxReplicas)"]
+    return []
+
+
+def _num(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
+
+
+def storage_errors(cfg, where: str) -> list[str]:
+    """Every path setting of a composed config is a URI of shared storage: each pod has its own disk."""
+    errors = []
+    for key in STORAGE_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)  # None too when unset (???) or not in this stage's config
+        if value is None:
+            continue
+        for path in (value if OmegaConf.is_list(value) else [value]):
+            match = re.match(r"([a-z][a-z0-9+.-]*)://", str(path))
+            if not match or match[1] == "file":
+                errors.append(f"{where}: {key}={path} is a local path, which each pod resolves on its own disk: use "
+                              f"a URI of storage every pod reaches (s3://, gs://, ...)")
+    return errors
+
+
+def entrypoint(text: str) -> tuple[str, list[str]]:
+    """(stage, Hydra overrides) of `python -m pipelines.<stage> overrides...`; ValueError if it is not one."""
+    words = shlex.split(text)
+    if len(words) < 3 or words[0] not in ("python", "python3") or words[1] != "-m":
+        raise ValueError(f"{text!r} is not `python -m pipelines.<stage> overrides...`")
+    package, _, stage = words[2].partition(".")
+    module = ROOT / package / stage
+    if package != "pipelines" or not (module.with_suffix(".py").is_file() or (module / "__main__.py").is_file()):
+        raise ValueError(f"{words[2]}: no such stage module in this project (pipelines/<stage>.py or "
+                         f"pipelines/<stage>/__main__.py)")
+    if not (CONF / f"{stage}.yaml").is_file():
+        raise ValueError(f"{words[2]} is not a Hydra stage: there is no conf/{stage}.yaml")
+    flags = [w for w in words[3:] if w.startswith("-")]
+    if flags:
+        raise ValueError(f"{flags}: only key=value overrides are checked (no Hydra flags)")
+    return stage, words[3:]
+
+
+def compose(stage: str, overrides: list[str]):
+    """The config `python -m pipelines.<stage> overrides...` would run with, resolved (Hydra's compose API)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = hydra_compose(config_name=stage, overrides=overrides)
+    OmegaConf.to_container(cfg, resolve=True)  # interpolations resolve
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ValueError(f"conf/{stage}.yaml needs {', '.join(f'{k}=' for k in missing)}")
+    return cfg
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split("Config search path")[0].split())  # Hydra's search path says nothing here
+
+
+def rayjob_errors(obj: dict) -> list[str]:
+    """The entry point runs a stage of this project with overrides that compose, storage URIs and GPUs the job's
+    cluster has; that cluster is deleted when the job ends."""
+    spec, errors = obj["spec"], []
+    if "rayClusterSpec" in spec and not spec.get("shutdownAfterJobFinishes"):
+        errors.append("spec.shutdownAfterJobFinishes must be true: the job's own cluster (GPU nodes too) would "
+                      "outlive the job")
+    if not spec.get("entrypoint"):
+        return errors + ["spec.entrypoint: missing (python -m pipelines.<stage> overrides...)"]
+    try:
+        stage, overrides = entrypoint(spec["entrypoint"])
+        cfg = compose(stage, overrides)
+    except CONFIG_ERRORS as error:
+        return errors + [f"spec.entrypoint: {_one_line(error)}"]
+    errors += storage_errors(cfg, "spec.entrypoint")
+    trainer = cfg.get("trainer")
+    if trainer is not None and trainer.use_gpu and "rayClusterSpec" in spec:
+        errors += gpu_errors(Fraction(trainer.num_workers), per_pod=Fraction(1), at_start=True,
+                             cluster=spec["rayClusterSpec"], what=f"trainer.num_workers={trainer.num_workers} x 1 GPU")
+    return errors
+
+
+def rayservice_errors(obj: dict) -> list[str]:
+    """serveConfigV2 is YAML whose applications build this project's chat app from args that compose."""
+    try:
+        config = yaml.safe_load(obj["spec"].get("serveConfigV2") or "")
+    except yaml.YAMLError as error:
+        return [f"spec.serveConfigV2 is not YAML: {' '.join(str(error).split())}"]
+    apps = config.get("applications") if isinstance(config, dict) else None
+    if not isinstance(apps, list) or not apps or not all(isinstance(app, dict) for app in apps):
+        return ["spec.serveConfigV2: no `applications:` list of applications"]
+    errors = []
+    for i, app in enumerate(apps):
+        where = f"spec.serveConfigV2: applications[{i}]"
+        if app.get("import_path") != SERVE_BUILDER:
+            errors.append(f"{where}.import_path is {app.get('import_path')!r}: this project's app is {SERVE_BUILDER}")
+            continue
+        from pipelines.serve.app import ChatServer, ModelServer, config_from_args
+
+        try:
+            if not isinstance(app.get("args") or {}, dict):
+                raise ValueError("not a mapping of conf/serve.yaml keys")
+            cfg = config_from_args(app.get("args") or {})
+        except CONFIG_ERRORS as error:
+            errors.append(f"{where}.args: {_one_line(error)}")
+            continue
+        errors += storage_errors(cfg, f"{where}.args")
+        names = {ChatServer.name, ModelServer.name}
+        errors += [f"{where}.deployments: no deployment {d.get('name')!r} in the app (it has {sorted(names)})"
+                   for d in app.get("deployments", []) if d.get("name") not in names]
+        serve = cfg.serve
+        autoscaling = serve.autoscaling_config
+        replicas = max(1, autoscaling.get("min_replicas", 1)) if autoscaling else serve.num_replicas
+        if serve.num_gpus:
+            errors += gpu_errors(Fraction(str(serve.num_gpus)) * replicas, per_pod=Fraction(str(serve.num_gpus)),
+                                 at_start=False, cluster=obj["spec"]["rayClusterConfig"],
+                                 what=f"{where}: {replicas} model replicas x serve.num_gpus={serve.num_gpus}")
+    return errors
+
+
+def check(doc) -> list[str]:
+    """Every error of one manifest document (empty: it would be accepted and run)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str):
+        return ["not a Kubernetes object (a mapping with apiVersion and kind)"]
+    if doc["kind"] not in KINDS:
+        if str(doc.get("apiVersion", "")).startswith("ray.io/"):
+            return [f"kind {doc['kind']!r} is not a KubeRay kind ({', '.join(KINDS)})"]
+        return []  # another kind (a Secret, a ConfigMap): not ours to check
+    obj = admit(doc, schema(doc["kind"]))
+    errors = schema_errors(obj)
+    if errors:
+        return errors  # the checks below read a well-formed object
+    errors = pod_errors(obj)
+    if obj["kind"] == "RayJob":
+        errors += rayjob_errors(obj)
+    elif obj["kind"] == "RayService":
+        errors += rayservice_errors(obj)
+    return errors
+
+
+def validate(path) -> list[str]:
+    """Errors of a manifest file (every document in it) or of the Dockerfile, as `file: [kind/name: ]error`."""
+    path = Path(path)
+    if path.name == "Dockerfile":
+        return [f"{path}: {e}" for e in check_dockerfile(path.read_text())]
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as error:
+        return [f"{path}: not YAML: {' '.join(str(error).split())}"]
+    errors = []
+    for doc in docs:
+        name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}: " if isinstance(doc, dict) else ""
+        errors += [f"{path}: {name}{e}" for e in check(doc)]
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.kuberay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path, help="manifests or the Dockerfile (default: k8s/*.yaml, "
+                                                             "k8s/Dockerfile)")
+    parser.add_argument("--regenerate-schemas", metavar="CRD_DIR", type=Path,
+                        help=f"write k8s/schemas/*.json from the KubeRay {KUBERAY_VERSION} CRD YAMLs in CRD_DIR")
+    args = parser.parse_args(argv)
+    if args.regenerate_schemas:
+        for path in regenerate_schemas(args.regenerate_schemas):
+            print(f"wrote {path}")
+        return 0
+    files = args.files or [*sorted(K8S.glob("*.yaml")), K8S / "Dockerfile"]
+    errors = [error for path in files for error in validate(path)]
+    print("\n".join(errors) or f"{len(files)} files: ok")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
