@@ -39,6 +39,7 @@ bench: install
 	$(PY) -m benchmarks.generate_speed
 	$(PY) -m benchmarks.pretrain_throughput
 	$(PY) -m benchmarks.rlhf_iteration
+	$(PY) -m benchmarks.serve_load
 
 clean:
 	rm -rf outputs multirun data runs
