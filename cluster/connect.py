@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import ray
 import ray.data
+from ray.autoscaler.sdk import request_resources
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,25 @@ def quiet_ray(*, progress_bars: bool) -> None:
 
 def wait_for_resources(cfg: Mapping[str, Any], wanted: Mapping[str, float], *, what: str) -> None:
     """Fail at once when the cluster lacks `wanted` (e.g. {"GPU": 8, "CPU": 4}), saying what it has; with
-    `cluster.autoscaling` wait up to `cluster.resource_wait_s` for an autoscaler to add nodes."""
+    `cluster.autoscaling` ask the autoscaler for them (Ray's autoscaler only adds nodes for demand it sees, and a
+    stage that waits has not asked yet) and wait up to `cluster.resource_wait_s` for the nodes."""
     deadline = time.monotonic() + (cfg["resource_wait_s"] if cfg["autoscaling"] else 0)
-    announced = False
+    announced = requested = False
     while True:
         have = ray.cluster_resources()
         short = {k: (v, have.get(k, 0.0)) for k, v in wanted.items() if v and have.get(k, 0.0) < v}
         if not short:
+            if requested:  # the stage's own workers hold the nodes now; a standing request would keep them forever
+                request_resources(num_cpus=0, bundles=[])
             return
+        if cfg["autoscaling"] and not requested:
+            # One bundle per GPU (a worker holds one), the CPUs as a total: shapes any GPU node type can satisfy.
+            request_resources(num_cpus=int(wanted.get("CPU", 0)), bundles=[{"GPU": 1}] * int(wanted.get("GPU", 0)))
+            requested = True
         needs = ", ".join(f"{k} {need:g} (the cluster has {got:g})" for k, (need, got) in short.items())
         if time.monotonic() >= deadline:
+            if requested:
+                request_resources(num_cpus=0, bundles=[])  # no standing demand for nodes nobody will use
             hint = ("the autoscaler added none in cluster.resource_wait_s" if cfg["autoscaling"] else
                     "set cluster.autoscaling=true if an autoscaler (KubeRay, the cluster launcher) can add nodes")
             raise ClusterError(f"{what} needs {needs}: ask for less (e.g. trainer=cpu or fewer trainer.num_workers) "
