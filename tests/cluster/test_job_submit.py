@@ -1,4 +1,6 @@
-"""`ray job submit --working-dir . -- python -m pipelines.pretrain ...` against a cluster from `ray start --head`."""
+"""Jobs on a cluster from `ray start --head` (one head for the module): `ray job submit --working-dir . -- python -m
+pipelines.pretrain ...`, and `python -m cluster.submit` (overrides checked before submitting, logs followed, the
+job's exit code returned, --no-wait / status / logs / stop)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_node():
     """A separate Ray head started by the CLI in its own process group, stopped by its process ids only."""
     gcs, dashboard = free_port(), free_port()
@@ -84,3 +86,37 @@ def test_pretrain_runs_as_a_ray_job(head_node, clm_manifest, small_overrides, tm
     assert "step 10/10" in done.stdout
     final = tmp_path / "pretrain" / "job" / "final"
     assert (final / "model.safetensors").exists() and (final / "metrics.json").exists()
+
+
+def submit(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster.submit", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_node, clm_manifest, small_overrides):
+    address, env = head_node
+    env = env | {"RAY_API_SERVER_ADDRESS": address}
+    # The data stage finds the session's shards by their manifest: a real stage, done in seconds.
+    done = submit(["data", *small_overrides], env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "submitted raysubmit_" in done.stderr and "succeeded (exit code 0)" in done.stderr
+    assert "shards" in done.stdout  # the job's own output, followed to the terminal
+    # --no-wait prints the id; logs --follow, status and stop take it. A stage that fails with a user error: its
+    # one line, and its exit code (2) as ours.
+    queued = submit(["evaluate", "checkpoint=/nonexistent/run", "--no-wait"], env)
+    job_id = queued.stdout.strip()
+    assert queued.returncode == 0 and job_id.startswith("raysubmit_"), queued.stderr
+    followed = submit(["logs", job_id, "--follow"], env)
+    assert followed.returncode == 2, followed.stdout[-3000:] + followed.stderr[-3000:]
+    assert "error: checkpoint=/nonexistent/run does not exist" in followed.stdout
+    status = submit(["status", job_id], env)
+    assert status.returncode == 0 and f"{job_id}: FAILED" in status.stdout
+    assert "already ended" in submit(["stop", job_id], env).stdout
+
+
+def test_cluster_submit_checks_the_overrides_before_submitting():
+    env = os.environ | {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}  # nothing listens: nothing is submitted
+    typo = submit(["pretrain", "trainer.max_stepz=10"], env, timeout=60)
+    assert typo.returncode == 1 and "error: pretrain trainer.max_stepz=10:" in typo.stderr
+    unknown = submit(["pretrian"], env, timeout=60)
+    assert unknown.returncode == 1 and "no stage 'pretrian'; stages: align, data, evaluate" in unknown.stderr
