@@ -195,7 +195,8 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
         "special_ids": manifest["tokenizer"]["special_ids"], "tokenizer_vocab_size": manifest["tokenizer"]["vocab_size"],
         "first_ordinary_id": manifest["tokenizer"]["first_ordinary_id"],
         "tokenizer_model": storage.read_bytes(manifest["tokenizer"]["path"]), "shards": manifest["dir"],
-        "valid_files": splits["valid"]["files"], "has_valid": bool(splits["valid"]["files"]),
+        "valid_files": splits["valid"]["files"], "valid_examples": splits["valid"]["examples"],
+        "has_valid": bool(splits["valid"]["files"]),
         "head": head, "lora": lora if lora and lora.get("rank") else None, "init_into": init_into,
         "meta": meta or {},
     }

@@ -28,7 +28,6 @@ import tempfile
 import time
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.train
@@ -213,29 +212,45 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
-def valid_batches(files: list[str], batch_size: int, *, rank: int, world: int, device: torch.device):
-    """This worker's validation micro-batches ({column: tensor}), read straight from the split's shard files: of the
-    split's micro-batches in order, every `world`-th from the `rank`-th (ranks may get one batch more than others).
+def valid_batches(files: list[str], examples: int, batch_size: int, *, rank: int, world: int,
+                  device: torch.device):
+    """This worker's validation micro-batches ({column: tensor}), read straight from the split's shard files (of
+    `examples` rows): an equal share of the rows for every rank, as consecutive rows, the remainder left out (under
+    FSDP every forward pass is a collective: every rank must run as many).
 
     Not a Ray Dataset: each evaluation would start its Ray Data pipeline again (read tasks in new processes, seconds
     every time) to deliver the same few batches, which reading the files here gives in milliseconds."""
-    index, carry = 0, None
-    for n, path in enumerate(files):
+    share = examples // world
+    first, end = rank * share, (rank + 1) * share
+    offset, pending = 0, None
+    for path in files:
+        if offset >= end:
+            break
         fs, p = storage.filesystem(path)
-        table = pq.read_table(p, filesystem=fs)
-        arrays = {name: column.flatten().to_numpy().reshape(len(column), -1)  # token columns: (rows, length)
-                  if pa.types.is_fixed_size_list(column.type) else column.to_numpy()
-                  for name, column in ((name, table.column(name).combine_chunks()) for name in table.column_names)}
-        if carry:  # the rows of the previous file that did not fill a batch
-            arrays = {name: np.concatenate([carry[name], values]) for name, values in arrays.items()}
-        rows = table.num_rows + (len(next(iter(carry.values()))) if carry else 0)
-        full = rows if n == len(files) - 1 else rows // batch_size * batch_size
-        for start in range(0, full, batch_size):
-            if index % world == rank:
-                yield {name: torch.tensor(values[start:start + batch_size], device=device)
-                       for name, values in arrays.items()}
-            index += 1
-        carry = {name: values[full:] for name, values in arrays.items()}
+        rows = pq.read_metadata(p, filesystem=fs).num_rows
+        low, high = max(first - offset, 0), min(end - offset, rows)
+        offset += rows
+        if low >= high:  # another rank's rows only
+            continue
+        table = pq.read_table(p, filesystem=fs).slice(low, high - low)
+        pending = table if pending is None else pa.concat_tables([pending, table])
+        while pending.num_rows >= batch_size:
+            yield batch_tensors(pending.slice(0, batch_size), device)
+            pending = pending.slice(batch_size)
+    if pending is not None and pending.num_rows:
+        yield batch_tensors(pending, device)
+
+
+def batch_tensors(table: pa.Table, device: torch.device) -> dict[str, torch.Tensor]:
+    """{column: tensor} of a table of shard rows, as Ray Data's iter_torch_batches gives them: token columns
+    (fixed-size lists) as (rows, length), the rest as (rows,), each in its own dtype."""
+    batch = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        values = (column.flatten().to_numpy().reshape(len(column), -1) if pa.types.is_fixed_size_list(column.type)
+                  else column.to_numpy())
+        batch[name] = torch.tensor(values, device=device)
+    return batch
 
 
 class Loop:
@@ -344,8 +359,8 @@ class Loop:
         objective.eval()
         generator = torch.Generator(device=self.device).manual_seed(self.t["seed"])  # same masks every eval
         sums: dict[str, list[float]] = {}
-        batches = valid_batches(self.c["valid_files"], self.t["micro_batch_size"], rank=self.rank, world=self.world,
-                                device=self.device)
+        batches = valid_batches(self.c["valid_files"], self.c["valid_examples"], self.t["micro_batch_size"],
+                                rank=self.rank, world=self.world, device=self.device)
         for i, batch in enumerate(batches):
             if self.t["eval_batches"] and i >= self.t["eval_batches"]:
                 break
