@@ -19,7 +19,6 @@ replica crash or hang: every failure is caught at the route, and a failed decode
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import time
