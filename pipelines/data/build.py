@@ -341,37 +341,33 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     first_output = None
     progress = Progress(total_bytes=None if fmt == "parquet" else sum(storage.file_size(f) for f in files))
     batches = tokenized.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
-    try:
-        for batch in batches:
-            first_output = first_output or time.perf_counter() - start
-            for row in range(batch.num_rows):
-                one = batch.slice(row, 1)
-                for split in SPLITS:
-                    stats["documents"][split] += one.column(f"docs_{split}")[0].as_py()
-                    ids = one.column(f"{split}_ids")[0].values
-                    if packers:
-                        packers[split].add(ids.to_numpy())
-                    elif records:
-                        stats["truncated"][split] += one.column(f"{split}_truncated")[0].as_py()
-                        stats["dropped"][split] += one.column(f"{split}_dropped")[0].as_py()
-                        if len(ids):
-                            writers[split].add(record_table(shard_format, one, split, data.seq_len,
-                                                            data.max_responses))
-                    elif len(ids):
-                        writers[split].add(pairs_table(ids, one.column(f"{split}_types")[0].values,
-                                                       one.column(f"{split}_is_next")[0].values, data.seq_len))
-                stats["bytes"] += one.column("bytes")[0].as_py()
-                stats["bad"] += one.column("n_bad")[0].as_py()
-                room = MAX_BAD_REPORTED - len(stats["bad_examples"])
-                stats["bad_examples"] += one.column("bad")[0].as_py()[:max(room, 0)]
-            progress.show(stats["bytes"], sum(stats["documents"].values()))
-    finally:
-        # A record that fails the build (on_bad_record=fail) ends the loop early: close the stream so Ray Data
-        # shuts its tokenizer actors down now, not when the generator is collected (a long-lived driver, e.g.
-        # a notebook or the lifecycle, would keep their CPUs).
-        close = getattr(batches, "close", None)
-        if close:
-            close()
+    for batch in batches:
+        if data.on_bad_record == "fail" and any(batch.column("n_bad").to_pylist()):
+            # The first bad record of the first chunk that has one (chunks arrive in order). Raised here,
+            # leaving the loop, Ray Data shuts the tokenizer actors down at once.
+            raise BadRecordError(next(b[0] for b in batch.column("bad").to_pylist() if b))
+        first_output = first_output or time.perf_counter() - start
+        for row in range(batch.num_rows):
+            one = batch.slice(row, 1)
+            for split in SPLITS:
+                stats["documents"][split] += one.column(f"docs_{split}")[0].as_py()
+                ids = one.column(f"{split}_ids")[0].values
+                if packers:
+                    packers[split].add(ids.to_numpy())
+                elif records:
+                    stats["truncated"][split] += one.column(f"{split}_truncated")[0].as_py()
+                    stats["dropped"][split] += one.column(f"{split}_dropped")[0].as_py()
+                    if len(ids):
+                        writers[split].add(record_table(shard_format, one, split, data.seq_len,
+                                                        data.max_responses))
+                elif len(ids):
+                    writers[split].add(pairs_table(ids, one.column(f"{split}_types")[0].values,
+                                                   one.column(f"{split}_is_next")[0].values, data.seq_len))
+            stats["bytes"] += one.column("bytes")[0].as_py()
+            stats["bad"] += one.column("n_bad")[0].as_py()
+            room = MAX_BAD_REPORTED - len(stats["bad_examples"])
+            stats["bad_examples"] += one.column("bad")[0].as_py()[:max(room, 0)]
+        progress.show(stats["bytes"], sum(stats["documents"].values()))
     tails = {s: packers[s].close() if packers else writers[s].close() or 0 for s in SPLITS}
     if stats["bad"]:
         log.warning("skipped %d bad records, e.g.:\n  %s", stats["bad"], "\n  ".join(stats["bad_examples"][:5]))

@@ -129,7 +129,11 @@ class TokenizeBatch:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.record != "text":
             return self.records(batch)
-        parsed = parse_rows(batch, fmt=self.fmt, field_name=self.field_name, on_bad_record=self.on_bad_record)
+        # Bad records are reported, never raised here: with on_bad_record=fail the driver raises on the first one
+        # after closing the stream (an error raised inside Ray Data keeps this actor pool alive for as long as
+        # anything holds the error; see pipelines/data/build.py).
+        parsed = parse_rows(batch, fmt=self.fmt, field_name=self.field_name, on_bad_record="skip")
+        parsed.bad.sort(key=_line_number)
         by_split = {s: [] for s in SPLITS}
         for text in parsed.texts:
             by_split[self.split_of(doc_key(text))].append(text)
@@ -213,8 +217,7 @@ class TokenizeBatch:
                 continue
             key = doc_key(json.dumps(record, sort_keys=True, ensure_ascii=False))
             by_split[self.split_of(key)].append(record)
-        if bad and self.on_bad_record == "fail":
-            raise BadRecordError(min(bad, key=_line_number))
+        bad.sort(key=_line_number)  # the first is what on_bad_record=fail reports (the driver raises it)
         row = {"docs_" + s: [len(by_split[s])] for s in SPLITS}
         row |= {"bytes": [parsed.bytes], "n_bad": [len(bad)], "bad": [bad[:MAX_BAD_REPORTED]]}
         for split, records in by_split.items():

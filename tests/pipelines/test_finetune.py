@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import ray
 import torch
 
 from models import load_checkpoint
@@ -254,6 +256,12 @@ def test_bad_chat_records_are_skipped_and_reported_or_fatal(compose_config, ft_o
     plan(fail)
     with pytest.raises(BadRecordError, match=rf"^{chats}:2: messages\[0\] has unknown role 'robot'"):
         prepare_shards(fail)
+    # The failed build's tokenizer actors are shut down at once, not when the stream is garbage-collected (a
+    # long-lived driver such as the lifecycle would otherwise lose their CPUs to the next stage).
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
 
 
 def test_a_mismatched_checkpoint_head_or_tokenizer_fails_before_ray_work(compose_config, ft_overrides,
