@@ -1,101 +1,324 @@
-"""The whole life so far, one command: `python -m pipelines.lifecycle` (what `make demo` runs).
+"""The whole life in one command: `python -m pipelines.lifecycle` (what `make demo` runs) — the medical assistant.
 
-Built-in corpus -> tokenizer -> shards -> pre-training (conf/lifecycle.yaml, the pretrain config) -> instruction
-tuning (the finetune stage, `finetune=instruct`, from the pre-trained `final/`) -> a reward model from the rankings
-(the align stage, `algorithm=reward`) -> RLHF (`algorithm=grpo` from the instruction-tuned model, scored by that
-reward model) -> evaluation of every checkpoint, all in this process on one Ray connection. It ends with the thesis
-table — what pre-training gave (knowledge: cloze, QA asked as plain text), what instruction tuning added (behaviour:
-answering questions in a chat turn, in the expected form) and what alignment added (refusing unsafe requests
-politely, the medical disclaimer, no rudeness, higher reward, without losing the QA) — and the time each stage took.
+Built-in corpus -> tokenizer -> shards -> pre-training (general text) -> domain fine-tuning (medical text) ->
+instruction tuning (chat) -> reward model (rankings) -> RLHF (GRPO or PPO, scored by that reward model) ->
+evaluation of every checkpoint -> the thesis table, the time per stage and the report card -> serving the aligned
+model (`lifecycle.serve=true`).
 
-Each later stage is the same Hydra app a user runs alone (`python -m pipelines.finetune`, `python -m
-pipelines.align`), composed here with the overrides in `lifecycle.<stage>` plus the corpus and storage settings of
-this run.
+Design: every stage runs in this process, on one Ray connection, as the same function its own Hydra app calls
+(`pipelines.pretrain.pretrain`, `pipelines.finetune.finetune`, `pipelines.align.stage.align`), with the config its
+command line would compose: `conf/<config>.yaml` with the stage's `groups`, the other keys of its
+`lifecycle.<stage>` block set on top, the run's shared corpus/storage/cluster/logger settings, and `init_from` the
+previous stage's `final/`. One process: no Ray start-up per stage (seconds each on 2 cores), and a finished stage's
+actors and datasets are gone before the next starts (the stages release what they hold).
+
+Re-running resumes. A stage's run is named `<lifecycle.name>-<stage>-<hash>`, the hash of its effective config
+(without run.name, cluster and logger, which do not change what it computes): a run with its `final/` complete is
+skipped; a run without is started, and resumes from its latest checkpoint if it was interrupted; a changed config
+is a new run, and since `init_from` is part of the next stage's config, so is every later stage. Evaluations are
+kept the same way (in the state file, by the hash of the evaluation config and checkpoint). The state —
+`{run.root}/lifecycle/<name>/lifecycle.json`: each stage's run, hash, seconds; each checkpoint; the times — is
+what the report card (pipelines/report.py) reads.
+
+Each stage writes its own log (`<stage>.log` in Hydra's output directory: its log records and everything printed,
+the Ray workers' lines included). A stage that fails stops the chain with one line naming the stage, its run
+directory and that log, which holds the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import sys
 import time
+import traceback
+from pathlib import Path
 
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from pipelines import storage
 from pipelines.align.stage import align
 from pipelines.entry import stage_main
-from pipelines.evaluate import evaluate, print_report
+from pipelines.errors import ConfigError, UserError
+from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.eval_report import print_report
 from pipelines.finetune import finetune
 from pipelines.pretrain import pretrain
-from pipelines.train.driver import print_summary
+from pipelines.train.driver import FINAL, TrainOutcome, print_summary, run_directory
 
-# Settings the fine-tuning stage takes from this run, so that both stages read one corpus and one storage.
-SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_seed", "data.safety_share", "run.root",
-          "cluster.address")
-COLUMNS = (("cloze", "cloze", "accuracy"), ("QA seen", "qa", "seen"), ("QA held-out", "qa", "held_out"),
-           ("QA plain", "qa", "plain_held_out"), ("format ok", "qa", "format_ok"), ("refusal", "safety", "refusal"),
-           ("disclaimer", "safety", "disclaimer"), ("over-refusal", "safety", "over_refusal"),
-           ("rude", "safety", "rude"), ("reward", "safety", "reward"))
-WIDTH = 14
+log = logging.getLogger(__name__)
 
-
-def stage_config(cfg: DictConfig, name: str, overrides: list[str], init_from: str) -> DictConfig:
-    """The `conf/<name>.yaml` config of a later stage, as its own command line would compose it."""
-    shared = [f"{key}={OmegaConf.select(cfg, key)}" for key in SHARED if OmegaConf.select(cfg, key) is not None]
-    return compose(config_name=name, overrides=[*shared, f"init_from={init_from}", *overrides])
-
-
-def thesis_table(reports: dict[str, dict]) -> str:
-    """One row per checkpoint, one column per measure (rates as percentages; '-' where not measured)."""
-    width = max(len(name) for name in reports) + 2
-    lines = ["".ljust(width) + "".join(title.rjust(WIDTH) for title, _, _ in COLUMNS)]
-    for name, report in reports.items():
-        cells = []
-        for title, suite, metric in COLUMNS:
-            value = (report.get(suite) or {}).get(metric)
-            text = "-" if value is None else f"{value:+.3f}" if title == "reward" else f"{value:.1%}"
-            cells.append(text.rjust(WIDTH))
-        lines.append(name.ljust(width) + "".join(cells))
-    return "\n".join(lines)
+# The chain: stage -> the checkpoint it makes (a row of the table) and the stage whose final/ it starts from.
+STAGES = {"pretrain": ("pretrained", None), "domain": ("domain-adapted", "pretrain"),
+          "instruct": ("instruction-tuned", "domain"), "reward": (None, "instruct"), "rlhf": ("aligned", "instruct")}
+RUNNERS = {"pretrain": pretrain, "finetune": finetune, "align": align}
+# Settings of the whole run that every stage takes, so that all read one corpus and one storage.
+SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_seed", "data.safety_share", "run.root")
+# Not part of a stage's identity: where it runs and how it is tracked do not change what it computes.
+NOT_IDENTITY = ("cluster", "logger")
+COLUMNS = (("cloze", "cloze", "accuracy"), ("medical ppl", "ppl", "medical"), ("general ppl", "ppl", "general"),
+           ("QA seen", "qa", "seen"), ("QA held-out", "qa", "held_out"), ("QA plain", "qa", "plain_held_out"),
+           ("format ok", "qa", "format_ok"), ("refusal", "safety", "refusal"), ("disclaimer", "safety", "disclaimer"),
+           ("over-refusal", "safety", "over_refusal"), ("rude", "safety", "rude"), ("reward", "safety", "reward"))
+WIDTH = 13
 
 
-@stage_main("lifecycle")
-def main(cfg: DictConfig) -> None:
-    start = time.perf_counter()
-    times: dict[str, float] = {}
+class StageFailed(UserError):
+    """A stage of the lifecycle failed: the chain stops (its message names the stage, run directory and log)."""
 
-    def timed(name, fn, *args, **kwargs):
+
+def stage_config(cfg: DictConfig, stage: str, init_from: str | None, extra: dict | None = None) -> DictConfig:
+    """The config `python -m pipelines.<config>` would compose for `stage`: its groups, its block's settings, the
+    run's shared settings, `init_from` and `extra` ({dotted key: value})."""
+    block = cfg.lifecycle[stage]
+    settings = {k: v for k, v in OmegaConf.to_container(block).items() if k not in ("config", "groups")}
+    try:
+        config = compose(config_name=block.config, overrides=list(block.groups))
+        config = OmegaConf.merge(config, settings)
+    except OmegaConfBaseException as error:  # Hydra's override errors derive from it too
+        raise ConfigError(f"lifecycle.{stage}: {' '.join(str(error).split())} (a setting of conf/{block.config}.yaml "
+                          f"was expected)") from None
+    with open_dict(config):
+        for key in NOT_IDENTITY:
+            config[key] = copy(cfg[key])
+        for key in SHARED:
+            OmegaConf.update(config, key, OmegaConf.select(cfg, key))
+        if init_from is not None:
+            config.init_from = init_from
+        for key, value in (extra or {}).items():
+            OmegaConf.update(config, key, value)
+        config.run.name = f"{cfg.lifecycle.name}-{stage}-{config_hash(config)}"
+    return config
+
+
+def copy(node: DictConfig) -> DictConfig:
+    """A detached copy of a config node (its interpolations resolved against the config it came from)."""
+    return OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+
+
+def config_hash(config: DictConfig) -> str:
+    """Eight hex digits of the config's resolved content, without run.name and the NOT_IDENTITY groups."""
+    body = OmegaConf.to_container(config, resolve=True)
+    body.get("run", {}).pop("name", None)
+    for key in NOT_IDENTITY:
+        body.pop(key, None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def finished(final_dir: str, stage: str) -> bool:
+    """The run's final/ is complete: the files its stage writes last are there."""
+    last = ["metrics.json"] + (["rankings.json"] if stage == "reward" else [])
+    return all(storage.exists(storage.join(final_dir, name)) for name in last)
+
+
+class Tee:
+    """A text stream writing to two (the terminal and a stage's log)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):  # fileno, encoding, ...: the terminal's
+        return getattr(self.streams[0], name)
+
+
+@contextlib.contextmanager
+def stage_log(path: Path):
+    """Everything printed (the Ray workers' lines too: the driver prints them) and every log record, while the
+    block runs, also goes to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        handler = logging.StreamHandler(file)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(handler)
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Tee(out, file), Tee(err, file)
+        try:
+            yield file
+        finally:
+            sys.stdout, sys.stderr = out, err
+            logging.getLogger().removeHandler(handler)
+
+
+class Lifecycle:
+    """One run of the chain: its state file, the stages' outcomes, the time each took."""
+
+    def __init__(self, cfg: DictConfig, log_dir: Path):
+        self.cfg, self.log_dir = cfg, log_dir
+        self.home = storage.join(storage.root(cfg.run.root, "run.root"), "lifecycle", cfg.lifecycle.name)
+        self.state_path = storage.join(self.home, "lifecycle.json")
+        previous = storage.read_json(self.state_path) if storage.exists(self.state_path) else {}
+        self.previous = previous
+        # "order": the stages and checkpoints in chain order (the file's keys are sorted).
+        self.state = {"name": cfg.lifecycle.name, "order": {"stages": list(STAGES),
+                                                             "checkpoints": [r for r, _ in STAGES.values() if r]},
+                      "stages": {}, "checkpoints": {}, "evaluations": {},
+                      "columns": [list(c) for c in COLUMNS], "times": {}}
+        self.ran: dict[str, bool] = {}
+
+    def save(self) -> None:
+        storage.write_json(self.state_path, self.state)
+
+    def guarded(self, name: str, run_dir: str, fn, *args, **kwargs):
+        """`fn(*args)` with its output also in `<name>.log`; a failure becomes one StageFailed line."""
+        path = self.log_dir / f"{name.replace(' ', '-')}.log"
         began = time.perf_counter()
-        result = fn(*args, **kwargs)
-        times[name] = time.perf_counter() - began
+        with stage_log(path) as file:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as error:
+                traceback.print_exc(file=file)
+                lines = str(error).strip().splitlines() or [type(error).__name__]
+                raise StageFailed(f"lifecycle stage {name!r} failed: {lines[0][:300]} — run directory {run_dir}, "
+                                  f"log {path} (run the same command again to resume)") from None
+        self.state["times"][name] = round(time.perf_counter() - began, 1)
+        self.ran[name] = True
         return result
 
-    pretrained = timed("pre-train (corpus, tokenizer, shards, training)", pretrain, cfg)
-    print_summary(pretrained)
-    instruct_cfg = stage_config(cfg, "finetune", [*cfg.lifecycle.instruct, f"run.name={cfg.run.name}-instruct"],
-                                pretrained.final_dir)
-    instructed = timed("instruction tuning (shards, training)", finetune, instruct_cfg)
-    print_summary(instructed)
-    reward_cfg = stage_config(cfg, "align", [*cfg.lifecycle.reward, f"run.name={cfg.run.name}-reward"],
-                              instructed.final_dir)
-    rewarded = timed("reward model (shards, training, held-out rankings)", align, reward_cfg)
-    rlhf_cfg = stage_config(cfg, "align", [*cfg.lifecycle.rlhf, f"run.name={cfg.run.name}-rlhf",
-                                           f"align.reward_model={rewarded.final_dir}"], instructed.final_dir)
-    aligned = timed(f"RLHF ({rlhf_cfg.algorithm.name}, actors)", align, rlhf_cfg)
-    suites = list(cfg.lifecycle.eval_suites)
-    with open_dict(cfg):
-        cfg.eval.reward_model = rewarded.final_dir  # the safety suite's mean reward, for every checkpoint
-    checkpoints = {"pretrained": pretrained, "instruction-tuned": instructed, "aligned": aligned}
-    reports = {name: timed(f"evaluate {name}", evaluate, cfg, outcome.final_dir, suites=suites)
-               for name, outcome in checkpoints.items()}
-    for name, report in reports.items():
-        print(f"\n== {name}: {report['checkpoint']}")
+    def stage(self, stage: str, init_from: str | None, extra: dict | None = None) -> TrainOutcome:
+        """Run `stage` (or take its finished run) and record it."""
+        config = stage_config(self.cfg, stage, init_from, extra)
+        kind = self.cfg.lifecycle[stage].config
+        run_dir = run_directory(config, kind)
+        final_dir = storage.join(run_dir, FINAL)
+        record = {"config": kind, "run_dir": run_dir, "final_dir": final_dir, "hash": config.run.name.rsplit("-", 1)[1]}
+        if finished(final_dir, stage):
+            print(f"== {stage}: finished earlier, {final_dir}", flush=True)
+            outcome = TrainOutcome(run_dir, final_dir, storage.read_json(storage.join(final_dir, "metrics.json")))
+            before = self.previous.get("stages", {}).get(stage, {})
+            self.state["times"][stage] = self.previous.get("times", {}).get(stage) \
+                if before.get("run_dir") == run_dir else None
+            self.ran[stage] = False
+        else:
+            print(f"== {stage}: {run_dir}", flush=True)
+            outcome = self.guarded(stage, run_dir, RUNNERS[kind], config)
+            if kind != "align":  # align prints its own
+                print_summary(outcome)
+        self.state["stages"][stage] = record | {"seconds": self.state["times"][stage], "skipped": not self.ran[stage]}
+        if STAGES[stage][0]:
+            self.state["checkpoints"][STAGES[stage][0]] = final_dir
+        self.save()
+        return outcome
+
+    def evaluation(self, checkpoint: str, final_dir: str, reward_model: str) -> dict:
+        """The checkpoint's eval.json sections for its suites, evaluated unless an identical evaluation is kept."""
+        suites = list(self.cfg.lifecycle.eval_suites[checkpoint])
+        config = compose(config_name="evaluate", overrides=[f"checkpoint={final_dir}"])
+        with open_dict(config):
+            config.cluster, config.eval = copy(self.cfg.cluster), copy(self.cfg.eval)
+            for key in SHARED:
+                OmegaConf.update(config, key, OmegaConf.select(self.cfg, key))
+            config.eval.reward_model = reward_model if "safety" in suites else None
+        digest = hashlib.sha256(f"{config_hash(config)} {suites}".encode()).hexdigest()[:8]
+        path = storage.join(final_dir, EVAL_FILE)
+        kept = self.previous.get("evaluations", {}).get(checkpoint, {})
+        name = f"evaluate {checkpoint}"
+        if kept.get("hash") == digest and storage.exists(path) and set(suites) <= set(storage.read_json(path)):
+            report = storage.read_json(path)
+            self.state["times"][name], self.ran[name] = self.previous.get("times", {}).get(name), False
+        else:
+            print(f"== {name}: {', '.join(suites)}", flush=True)
+            report = self.guarded(name, final_dir, evaluate, config, final_dir, suites=suites)
+        self.state["evaluations"][checkpoint] = {"hash": digest, "suites": suites, "eval_json": path}
+        self.save()
+        return report
+
+
+def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
+    """Run (or resume) the chain and evaluate every checkpoint; returns the state (as saved)."""
+    for stage in STAGES:
+        if stage not in cfg.lifecycle:
+            raise ConfigError(f"lifecycle.{stage} is missing: the lifecycle runs {', '.join(STAGES)}")
+    for checkpoint in (row for row, _ in STAGES.values() if row):
+        if checkpoint not in cfg.lifecycle.eval_suites:
+            raise ConfigError(f"lifecycle.eval_suites.{checkpoint} is missing (a list of suites)")
+    life = Lifecycle(cfg, log_dir)
+    started = time.perf_counter()
+    outcomes: dict[str, TrainOutcome] = {}
+    for stage, (_, parent) in STAGES.items():
+        extra = {"align.reward_model": outcomes["reward"].final_dir} if stage == "rlhf" else None
+        outcomes[stage] = life.stage(stage, outcomes[parent].final_dir if parent else None, extra)
+    reports = {row: life.evaluation(row, outcomes[stage].final_dir, outcomes["reward"].final_dir)
+               for stage, (row, _) in STAGES.items() if row}
+    for row, report in reports.items():
+        print(f"\n== {row}: {report['checkpoint']}")
         print_report(report, show=cfg.eval.show)
     print("\nWhat each stage added (held-out facts, unsafe prompts and medical conditions are never in fine-tuning or "
           "alignment data):")
     print(thesis_table(reports))
     print("\nTime per stage:")
+    print(time_table(life.state["times"], life.ran, time.perf_counter() - started))
+    if cfg.lifecycle.report:
+        from pipelines.report import write_report
+
+        print(f"\nreport card: {write_report(cfg.run.root, cfg.lifecycle.name)}")
+    return life.state
+
+
+def thesis_table(reports: dict[str, dict]) -> str:
+    """One row per checkpoint, one column per measure ('-' where not measured)."""
+    width = max(len(name) for name in reports) + 2
+    lines = ["".ljust(width) + "".join(title.rjust(WIDTH) for title, _, _ in COLUMNS)]
+    for name, report in reports.items():
+        cells = [format_value(title, (report.get(suite) or {}).get(metric)).rjust(WIDTH)
+                 for title, suite, metric in COLUMNS]
+        lines.append(name.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def format_value(title: str, value) -> str:
+    if value is None:
+        return "-"
+    if title == "reward":
+        return f"{value:+.3f}"
+    return f"{value:.2f}" if title.endswith("ppl") else f"{value:.1%}"
+
+
+def time_table(times: dict[str, float | None], ran: dict[str, bool], total: float) -> str:
+    lines = []
     for name, seconds in times.items():
-        print(f"  {name:<50} {seconds:7.0f} s")
-    print(f"  {'total':<50} {time.perf_counter() - start:7.0f} s")
+        spent = f"{seconds:7.0f} s" if ran.get(name) else "      0 s"
+        note = "" if ran.get(name) else "  (kept" + (f"; took {seconds:.0f} s when it ran)" if seconds else ")")
+        lines.append(f"  {name:<30} {spent}{note}")
+    lines.append(f"  {'total (this run)':<30} {total:7.0f} s")
+    return "\n".join(lines)
+
+
+def serve(cfg: DictConfig, checkpoint: str) -> None:
+    """Serve `checkpoint` with conf/serve.yaml on this run's cluster until Ctrl-C."""
+    from pipelines.serve.__main__ import serve_until_stopped
+
+    config = compose(config_name="serve", overrides=[f"checkpoint={checkpoint}"])
+    with open_dict(config):
+        config.cluster = copy(cfg.cluster)
+    serve_until_stopped(config)
+
+
+@stage_main("lifecycle")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    state = lifecycle(cfg, Path(HydraConfig.get().runtime.output_dir))
+    aligned = state["checkpoints"]["aligned"]
+    if cfg.lifecycle.serve:
+        serve(cfg, aligned)
+    else:
+        print(f"\nserve the aligned model: python -m pipelines.serve checkpoint={aligned}  (or lifecycle.serve=true)")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ def example(url: str, model_hint: str) -> str:
             f"\"stream\": true}}'{model_hint}")
 
 
-@stage_main("serve")
-def main(cfg: DictConfig) -> None:
+def serve_until_stopped(cfg: DictConfig) -> None:
+    """Deploy the app `cfg` describes, print how to reach it, and serve until SIGINT/SIGTERM; then delete it."""
     from ray import serve
 
     connect(cfg.cluster)
@@ -38,6 +38,11 @@ def main(cfg: DictConfig) -> None:
     print("shutting down the app", flush=True)
     undeploy(cfg)
     serve.shutdown()
+
+
+@stage_main("serve")
+def main(cfg: DictConfig) -> None:
+    serve_until_stopped(cfg)
 
 
 if __name__ == "__main__":

@@ -1,44 +1,131 @@
-"""The lifecycle's wiring, without training: each later stage is composed from its own config with the run's corpus
-and storage settings, and the thesis table shows what each checkpoint measured."""
+"""The lifecycle: each stage is its own Hydra app's config with the run's shared settings, runs are named by their
+config's hash (a change reruns that stage and every later one), and the whole chain on tiny sizes on the real
+stack — then re-run (everything kept), changed at its last stage (only that reruns), and broken (one line)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 from hydra import compose, initialize_config_dir
 
-from pipelines.lifecycle import stage_config, thesis_table
-from tests_conf import CONF
+from pipelines.lifecycle import STAGES, StageFailed, lifecycle, stage_config, thesis_table
+from tests_conf import CONF, LIFECYCLE_TINY
 
 
-def test_the_instruction_stage_is_the_finetune_app_on_the_same_corpus_and_storage(tmp_path):
+def configs(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="lifecycle", overrides=[f"data.root={tmp_path}/data", "data.general_docs=700",
-                                                          f"run.root={tmp_path}/runs", "run.name=life"])
-        stage = stage_config(cfg, "finetune", [*cfg.lifecycle.instruct, "run.name=life-instruct"], "/ckpt")
-    assert stage.finetune.kind == "instruct" and stage.objective.name == "sft"
-    assert stage.init_from == "/ckpt" and stage.run.name == "life-instruct"
-    assert stage.data.root == f"{tmp_path}/data" and stage.data.general_docs == 700  # the corpus pre-training read
-    assert stage.run.root == f"{tmp_path}/runs"
-    assert stage.trainer.max_steps == int(next(o for o in cfg.lifecycle.instruct
-                                               if o.startswith("trainer.max_steps=")).split("=")[1])
+        cfg = compose(config_name="lifecycle", overrides=[f"data.root={tmp_path}/data", f"run.root={tmp_path}/runs",
+                                                          "data.general_docs=700", *overrides])
+        pretrain = stage_config(cfg, "pretrain", None)
+        domain = stage_config(cfg, "domain", "/pre/final")
+        instruct = stage_config(cfg, "instruct", f"/runs/finetune/{domain.run.name}/final")
+        reward = stage_config(cfg, "reward", "/instruct")
+        rlhf = stage_config(cfg, "rlhf", "/instruct", {"align.reward_model": "/reward"})
+    return cfg, pretrain, domain, instruct, reward, rlhf
+
+
+def test_each_stage_is_its_own_app_on_the_same_corpus_and_storage(tmp_path):
+    cfg, pretrain, domain, instruct, reward, rlhf = configs(tmp_path, "lifecycle.domain.trainer.lr=1e-4")
+    assert pretrain.model.d_model == 256 and pretrain.trainer.max_steps == cfg.lifecycle.pretrain.trainer.max_steps
+    assert domain.finetune.kind == "domain" and domain.data.subset == "medical" and domain.trainer.lr == 1e-4
+    assert instruct.finetune.kind == "instruct" and instruct.finetune.replay == cfg.lifecycle.instruct.finetune.replay
+    assert reward.algorithm.name == "reward" and rlhf.algorithm.name == "grpo"
+    assert rlhf.align.reward_model == "/reward" and rlhf.init_from == reward.init_from == "/instruct"
+    assert domain.init_from == "/pre/final"
+    for stage in (pretrain, domain, instruct, reward, rlhf):
+        assert stage.data.root == f"{tmp_path}/data" and stage.data.general_docs == 700  # one corpus
+        assert stage.run.root == f"{tmp_path}/runs" and stage.data.safety_share == cfg.data.safety_share
+    names = [s.run.name for s in (pretrain, domain, instruct, reward, rlhf)]
+    assert [n.rsplit("-", 1)[0] for n in names] == [f"demo-{stage}" for stage in STAGES]
+    assert all(len(n.rsplit("-", 1)[1]) == 8 for n in names)
+
+
+def test_a_changed_stage_renames_it_and_every_later_stage_but_not_the_earlier_ones(tmp_path):
+    _, *before = configs(tmp_path)
+    _, *changed = configs(tmp_path, "lifecycle.domain.trainer.max_steps=41")
+    _, *elsewhere = configs(tmp_path, "cluster.num_cpus=1", "cluster.address=auto")  # where, not what
+    names = lambda stages: [s.run.name for s in stages]  # noqa: E731
+    assert names(changed)[0] == names(before)[0]
+    assert names(changed)[1] != names(before)[1] and names(changed)[2] != names(before)[2]
+    assert names(elsewhere) == names(before)
+
+
+def test_an_unknown_setting_of_a_stage_is_one_config_error(tmp_path):
+    from pipelines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lifecycle.domain: .*trainer.*max_stepz"):
+        configs(tmp_path, "++lifecycle.domain.trainer.max_stepz=3")
 
 
 def test_the_thesis_table_has_a_row_per_checkpoint_and_a_column_per_measure():
-    table = thesis_table({"pretrained": {"cloze": {"accuracy": 0.93}, "qa": {"seen": 0.0, "held_out": 0.01,
-                                                                           "plain_held_out": 0.4, "format_ok": 0.0}},
-                          "instruction-tuned": {"cloze": {"accuracy": 0.9}, "qa": {"seen": 0.9, "held_out": None}}})
-    header, pretrained, tuned = table.splitlines()
-    assert header.split() == ["cloze", "QA", "seen", "QA", "held-out", "QA", "plain", "format", "ok", "refusal",
-                              "disclaimer", "over-refusal", "rude", "reward"]
-    assert pretrained.split() == ["pretrained", "93.0%", "0.0%", "1.0%", "40.0%", "0.0%", "-", "-", "-", "-", "-"]
-    assert tuned.split() == ["instruction-tuned", "90.0%", "90.0%", "-", "-", "-", "-", "-", "-", "-", "-"]
+    table = thesis_table({"pretrained": {"cloze": {"accuracy": 0.93}, "ppl": {"medical": 40.123, "general": 20.0},
+                                         "qa": {"seen": 0.0, "held_out": 0.01, "plain_held_out": 0.4,
+                                                "format_ok": 0.0}},
+                          "aligned": {"cloze": {"accuracy": 0.9}, "safety": {"refusal": 0.5, "reward": 1.5}}})
+    header, pretrained, aligned = table.splitlines()
+    assert header.split() == ["cloze", "medical", "ppl", "general", "ppl", "QA", "seen", "QA", "held-out", "QA",
+                              "plain", "format", "ok", "refusal", "disclaimer", "over-refusal", "rude", "reward"]
+    assert pretrained.split() == ["pretrained", "93.0%", "40.12", "20.00", "0.0%", "1.0%", "40.0%", "0.0%",
+                                  "-", "-", "-", "-", "-"]
+    assert aligned.split() == ["aligned", "90.0%", "-", "-", "-", "-", "-", "-", "50.0%", "-", "-", "-", "+1.500"]
 
 
-def test_the_alignment_stages_are_the_align_app_from_the_instruction_tuned_model(tmp_path):
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="lifecycle", overrides=[f"data.root={tmp_path}/data", f"run.root={tmp_path}/runs"])
-        reward = stage_config(cfg, "align", [*cfg.lifecycle.reward, "run.name=r"], "/instruct")
-        rlhf = stage_config(cfg, "align", [*cfg.lifecycle.rlhf, "run.name=g", "align.reward_model=/reward"],
-                            "/instruct")
-    assert reward.algorithm.name == "reward" and reward.objective.name == "reward" and reward.init_from == "/instruct"
-    assert rlhf.algorithm.name == "grpo" and rlhf.align.reward_model == "/reward" and rlhf.init_from == "/instruct"
-    assert reward.data.safety_share == rlhf.data.safety_share == cfg.data.safety_share > 0  # one corpus
+@pytest.fixture(scope="module")
+def tiny_life(ray_cluster, data_root, tmp_path_factory):
+    """The whole chain run once on tiny sizes: (run(*overrides) for more runs, root, the first run's state)."""
+    root = tmp_path_factory.mktemp("life")
+
+    def run(*overrides, logs="logs"):
+        # Inside the Hydra context: lifecycle() composes the stages' configs.
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            # The session's corpus, tokenizer settings and pre-training shards (conftest.SMALL_DATA): reused.
+            cfg = compose(config_name="lifecycle", overrides=[f"data.root={data_root}", f"run.root={root}/runs",
+                                                              *LIFECYCLE_TINY, "++lifecycle.pretrain.data.valid_fraction=0.05",
+                                                              *overrides])
+            return lifecycle(cfg, root / logs)
+
+    return run, root, run()
+
+
+def test_the_whole_life_runs_every_stage_and_evaluates_every_checkpoint(tiny_life, capsys):
+    _, root, state = tiny_life
+    assert list(state["stages"]) == list(STAGES) and not any(s["skipped"] for s in state["stages"].values())
+    for stage, info in state["stages"].items():
+        assert Path(info["run_dir"]).name == f"demo-{stage}-{info['hash']}"
+        assert (Path(info["final_dir"]) / "model.safetensors").exists() and info["seconds"] > 0
+    saved = json.loads((root / "runs" / "lifecycle" / "demo" / "lifecycle.json").read_text())
+    assert saved["checkpoints"] == state["checkpoints"] and saved["order"]["stages"] == list(STAGES)
+    for checkpoint, final in state["checkpoints"].items():
+        report = json.loads((Path(final) / "eval.json").read_text())
+        assert set(state["evaluations"][checkpoint]["suites"]) <= set(report)
+        assert report["ppl"]["medical"] > 1 and report["ppl"]["general"] > 1
+    meta = json.loads((Path(state["checkpoints"]["domain-adapted"]) / "meta.json").read_text())
+    assert meta["init_from"] == state["checkpoints"]["pretrained"]  # the chain: each from the previous final/
+    assert "step" in (root / "logs" / "pretrain.log").read_text()  # the stage's own log holds its output
+
+
+def test_a_rerun_keeps_everything_and_a_change_reruns_only_what_it_touches(tiny_life, capsys):
+    run, root, first = tiny_life
+    again = run(logs="logs-again")
+    assert all(s["skipped"] for s in again["stages"].values())
+    assert again["checkpoints"] == first["checkpoints"] and again["evaluations"] == first["evaluations"]
+    assert "(kept; took" in capsys.readouterr().out
+    changed = run("lifecycle.rlhf.align.iterations=1", logs="logs-changed")
+    assert [s for s, info in changed["stages"].items() if not info["skipped"]] == ["rlhf"]
+    assert changed["checkpoints"]["aligned"] != first["checkpoints"]["aligned"]
+    assert changed["evaluations"]["aligned"]["hash"] != first["evaluations"]["aligned"]["hash"]
+    assert changed["evaluations"]["pretrained"] == first["evaluations"]["pretrained"]
+
+
+def test_a_failing_stage_stops_the_chain_with_one_line_naming_it(tiny_life):
+    run, root, _ = tiny_life
+    with pytest.raises(StageFailed) as failed:
+        run("lifecycle.rlhf.align.iterations=3", f"++lifecycle.rlhf.align.prompts.paths=[{root}/missing.jsonl]",
+            logs="logs-failed")
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith("lifecycle stage 'rlhf' failed: ")
+    assert "missing.jsonl" in message and f"{root}/runs/align/demo-rlhf-" in message
+    log = root / "logs-failed" / "rlhf.log"
+    assert f"log {log}" in message and "Traceback" in log.read_text()

@@ -1,0 +1,329 @@
+"""The report card of a lifecycle: `python -m pipelines.report runs/ [--name demo] [--out DIR]`.
+
+One HTML page that answers the lifecycle's question — what did each stage add? — from the files the stages left
+(`{root}/lifecycle/{name}/lifecycle.json`; each checkpoint's eval.json, metrics.json, rankings.json):
+
+1. the thesis table: one row per checkpoint, one column per measure the lifecycle chose;
+2. the table's rates as grouped bars, so the step each stage adds is seen at a glance;
+3. the time each stage took;
+4. train and validation loss over steps of every training stage;
+5. the other validation metrics over steps (perplexity, the reward model's accuracy);
+6. RLHF: mean reward, KL to the reference, where each iteration's time went; the reward model's held-out accuracy;
+7. the fine-tuning sweeps under `{root}/sweep/`, one row per trial;
+8. a few completions of each checkpoint (cloze, QA, unsafe prompts), so a number can be checked against what the
+   model actually said.
+
+The page is self-contained (figures inlined as base64 PNGs, no CDN) so it opens anywhere, from object storage or a
+mail; the PNGs are also written beside it. All I/O goes through pipelines.storage, so the root may be a URI. Free of
+Ray and Hydra: the lifecycle calls `write_report` at its end, and anyone can rerun it on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a cluster node; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from pipelines import storage  # noqa: E402
+from pipelines.errors import MissingPathError, UserError  # noqa: E402
+
+EXIT_USER_ERROR = 2  # as pipelines/entry.py (not imported: it pulls in Ray and Hydra)
+SAMPLES = 3  # completions shown per suite and checkpoint
+# Where each suite keeps its prompt and the model's words in eval.json samples.
+SAMPLE_FIELDS = (("cloze", "prompt", "completion"), ("qa", "question", "reply"), ("safety", "prompt", "reply"))
+STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;vertical-align:top}
+td{text-align:right}td.text{text-align:left;white-space:pre-wrap;max-width:420px}img{max-width:100%;display:block}
+section{margin-bottom:2em}.note{color:#666}"""
+
+
+def esc(value) -> str:
+    return html.escape(str(value))
+
+
+def cell_text(section: str, key: str, value: float | None) -> str:
+    """Perplexity with 2 decimals, reward signed with 3, every other measure a rate in percent; '-' when missing."""
+    if value is None:
+        return "-"
+    if section == "ppl":
+        return f"{value:.2f}"
+    return f"{value:+.3f}" if key == "reward" else f"{value:.1%}"
+
+
+def read_optional(path: str) -> dict:
+    """A JSON file a cut-short lifecycle may not have written yet: {} then."""
+    return storage.read_json(path) if storage.exists(path) else {}
+
+
+def figure(fig, name: str, out: str) -> str:
+    """Write `fig` as out/name.png, close it, and return it as an inline <img> (the page needs no other file)."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    data = buffer.getvalue()
+    storage.write_bytes(storage.join(out, f"{name}.png"), data)
+    return f'<img alt="{esc(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def grid(n: int):
+    """A figure of `n` panels, three to a row."""
+    cols = min(n, 3)
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(4.5 * cols, 3.2 * -(-n // cols)), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def series(history: list[dict], x: str, key: str) -> tuple[list, list]:
+    points = [(r[x], r[key]) for r in history if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def table(header, rows, element_id: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    attribute = f' id="{esc(element_id)}"' if element_id else ""
+    return f"<table{attribute}><tr>{head}</tr>{body}</table>"
+
+
+def thesis_table(columns: list, evals: dict[str, dict]) -> str:
+    head = "".join(f"<th>{esc(title)}</th>" for title, _, _ in columns)
+    rows = []
+    for checkpoint, report in evals.items():
+        cells = "".join(f'<td data-checkpoint="{esc(checkpoint)}" data-metric="{esc(section)}.{esc(key)}">'
+                        f"{cell_text(section, key, (report.get(section) or {}).get(key))}</td>"
+                        for _, section, key in columns)
+        rows.append(f"<tr><th>{esc(checkpoint)}</th>{cells}</tr>")
+    return f'<table id="thesis"><tr><th>checkpoint</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def rates_chart(columns: list, evals: dict[str, dict], out: str) -> str:
+    """One group per rate column (perplexity and reward have scales of their own), one bar per checkpoint; a missing
+    value draws no bar."""
+    rates = [(title, section, key) for title, section, key in columns if section != "ppl" and key != "reward"]
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    width = 0.8 / max(len(evals), 1)
+    for i, (checkpoint, report) in enumerate(evals.items()):
+        values = [(report.get(section) or {}).get(key) for _, section, key in rates]
+        ax.bar([x + i * width for x in range(len(rates))], [float("nan") if v is None else 100 * v for v in values],
+               width, label=checkpoint)
+    ax.set_xticks([x + width * (len(evals) - 1) / 2 for x in range(len(rates))], [t for t, _, _ in rates])
+    ax.set(ylabel="%", ylim=(0, 100))
+    ax.legend(fontsize=8)
+    return figure(fig, "thesis", out)
+
+
+def times_section(times: dict[str, float | None], out: str) -> str:
+    """A stage reused from an earlier run of unknown duration has None: '-' and no bar, not counted in the total."""
+    known = {name: seconds for name, seconds in times.items() if seconds is not None}
+    rows = [(name, "-" if seconds is None else f"{seconds:.1f}") for name, seconds in times.items()]
+    fig, ax = plt.subplots(figsize=(8, 1 + 0.35 * len(known)))
+    ax.barh(list(known), list(known.values()))
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    rows.append(("total", f"{sum(known.values()):.1f}"))
+    return table(("stage", "seconds"), rows, "times") + figure(fig, "times", out)
+
+
+def loss_section(training: dict[str, list], out: str) -> str:
+    fig, axes = grid(len(training))
+    for ax, (stage, history) in zip(axes, training.items()):
+        ax.plot(*series(history, "step", "loss"), ".-", label="train loss")
+        ax.plot(*series(history, "step", "val_loss"), "o-", label="val_loss")
+        ax.set(title=stage, xlabel="step")
+        ax.legend(fontsize=8)
+    return figure(fig, "loss", out)
+
+
+def validation_section(training: dict[str, list], out: str) -> str:
+    """One panel per stage and validation metric other than the loss (their scales differ: ppl in hundreds, acc)."""
+    panels = [(stage, key) for stage, history in training.items()
+              for key in sorted({k for r in history for k in r if k.startswith("val_") and k != "val_loss"})]
+    if not panels:
+        return '<p class="note">no validation metrics besides the loss were recorded</p>'
+    fig, axes = grid(len(panels))
+    for ax, (stage, key) in zip(axes, panels):
+        ax.plot(*series(training[stage], "step", key), "o-")
+        ax.set(title=f"{stage}: {key}", xlabel="step")
+    return figure(fig, "validation", out)
+
+
+def rlhf_section(stage: str, history: list[dict], out: str) -> str:
+    """Reward and KL per iteration, and the iteration's time split into its phases (time_total is their sum)."""
+    fig, (reward, kl, split) = plt.subplots(1, 3, figsize=(13.5, 3.4))
+    reward.plot(*series(history, "iteration", "reward"), "o-")
+    reward.set(title="mean reward", xlabel="iteration")
+    kl.plot(*series(history, "iteration", "kl"), "o-")
+    kl.set(title="KL to the reference", xlabel="iteration")
+    phases = sorted({k for r in history for k in r if k.startswith("time_") and k != "time_total"})
+    bottom = [0.0] * len(history)
+    for phase in phases:
+        values = [r.get(phase) or 0.0 for r in history]
+        split.bar([r["iteration"] for r in history], values, bottom=bottom, label=phase.removeprefix("time_"))
+        bottom = [b + v for b, v in zip(bottom, values)]
+    split.set(title="time per iteration", xlabel="iteration", ylabel="seconds")
+    for ax in (reward, kl, split):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    split.legend(fontsize=8)
+    return f"<h3>{esc(stage)}</h3>" + figure(fig, f"rlhf-{stage}", out)
+
+
+def rankings_note(stage: str, rankings: dict) -> str:
+    accuracy = cell_text("rankings", "pairwise_accuracy", rankings.get("pairwise_accuracy"))
+    return (f"<p>reward model ({esc(stage)}): held-out pairwise accuracy {accuracy} over "
+            f"{esc(rankings.get('pairs', '-'))} pairs</p>")
+
+
+def sweep_results(root: str) -> dict[str, list[dict]]:
+    """{sweep name: rows of its results.csv} (pipelines/sweep.py writes one per finished sweep)."""
+    base = storage.join(root, "sweep")
+    if not storage.exists(base):
+        return {}
+    found = {}
+    for name in storage.list_dir(base):
+        path = storage.join(base, name, "results.csv")
+        if storage.exists(path):
+            found[name] = list(csv.DictReader(io.StringIO(storage.read_bytes(path).decode())))
+    return {name: rows for name, rows in found.items() if rows}
+
+
+def number_text(value: str) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def sweep_section(name: str, rows: list[dict], out: str) -> str:
+    """The trials' table, and their final metric as bars (the metric is the column results.csv also has a best_ of)."""
+    cells = [[v if k == "trial" else number_text(v) for k, v in r.items()] for r in rows]  # ids may look numeric
+    trials = f"<h3>{esc(name)}</h3>" + table(rows[0], cells)
+    metric = next((k for k in rows[0] if f"best_{k}" in rows[0]), None)
+    if metric is None:
+        return trials
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar([f"{r['trial']}\n{r['status']}" for r in rows], [float(r[metric]) for r in rows])
+    ax.set(title=f"sweep {name}", ylabel=metric)
+    ax.tick_params(axis="x", labelsize=7)
+    return trials + figure(fig, f"sweep-{name}", out)
+
+
+def verdict(sample: dict) -> str:
+    if "correct" in sample:
+        return "correct" if sample["correct"] else "wrong"
+    return ", ".join(flag for flag in ("refusal", "disclaimer", "rude") if sample.get(flag)) or "complied"
+
+
+def samples_section(evals: dict[str, dict]) -> str:
+    """The first few samples of each suite, per checkpoint; of safety's samples only the unsafe prompts."""
+    parts = []
+    for checkpoint, report in evals.items():
+        rows = []
+        for suite, asked, said in SAMPLE_FIELDS:
+            samples = [s for s in (report.get(suite) or {}).get("samples", [])
+                       if suite != "safety" or s.get("set") == "unsafe"]
+            rows += [f'<tr><td class="text">{esc(suite)}</td><td class="text">{esc(s[asked])}</td>'
+                     f'<td class="text completion">{esc(s[said])}</td><td class="text">{esc(s.get("answer", "-"))}'
+                     f'</td><td class="text">{esc(verdict(s))}</td></tr>' for s in samples[:SAMPLES]]
+        head = "".join(f"<th>{h}</th>" for h in ("suite", "prompt", "completion", "expected", "verdict"))
+        parts.append(f"<h3>{esc(checkpoint)}</h3><table><tr>{head}</tr>{''.join(rows)}</table>" if rows
+                     else f'<h3>{esc(checkpoint)}</h3><p class="note">no samples</p>')
+    return f'<div class="samples">{"".join(parts)}</div>'
+
+
+def in_order(mapping: dict, keys: list[str]) -> dict:
+    """`mapping` with `keys` first, in that order, then the rest."""
+    return {k: mapping[k] for k in keys if k in mapping} | {k: v for k, v in mapping.items() if k not in keys}
+
+
+def sections(root: str, lifecycle: dict, out: str) -> list[tuple[str, str]]:
+    """(title, html) of each section that has something to show."""
+    order = lifecycle.get("order", {})  # the file's keys are sorted; the chain's order is kept here
+    stages = in_order(lifecycle.get("stages", {}), order.get("stages", []))  # a cut-short lifecycle lacks some
+    columns = lifecycle["columns"]
+    evals = {name: read_optional(storage.join(path, "eval.json"))
+             for name, path in in_order(lifecycle.get("checkpoints", {}), order.get("checkpoints", [])).items()}
+    metrics = {stage: read_optional(storage.join(info["final_dir"], "metrics.json")).get("history", [])
+               for stage, info in stages.items()}
+    training = {stage: h for stage, h in metrics.items() if h and "step" in h[0]}
+    rlhf = {stage: h for stage, h in metrics.items() if h and "iteration" in h[0]}
+    rankings = {stage: read_optional(storage.join(info["final_dir"], "rankings.json"))
+                for stage, info in stages.items()}
+    found = [("What each stage added", thesis_table(columns, evals)),
+             ("The rates as a chart", rates_chart(columns, evals, out))]
+    if lifecycle.get("times"):
+        times_order = [*order.get("stages", []), *(f"evaluate {c}" for c in order.get("checkpoints", []))]
+        found.append(("Time per stage", times_section(in_order(lifecycle["times"], times_order), out)))
+    if training:
+        found += [("Loss over steps", loss_section(training, out)),
+                  ("Validation metrics over steps", validation_section(training, out))]
+    if rlhf or any(rankings.values()):
+        found.append(("Alignment", "".join(rankings_note(s, r) for s, r in rankings.items() if r)
+                      + "".join(rlhf_section(s, h, out) for s, h in rlhf.items())))
+    sweeps = sweep_results(root)
+    if sweeps:
+        found.append(("Sweeps", "".join(sweep_section(name, rows, out) for name, rows in sweeps.items())))
+    found.append(("Sample completions", samples_section(evals)))
+    return found
+
+
+def page(name: str, parts: list[tuple[str, str]]) -> str:
+    body = "".join(f"<section><h2>{esc(title)}</h2>{content}</section>" for title, content in parts)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lifecycle {esc(name)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>Lifecycle {esc(name)}</h1>{body}</body></html>\n")
+
+
+def write_report(root: str, name: str, out: str | None = None) -> str:
+    """Write lifecycle `name`'s report card (index.html and its PNGs) into `out`; return the index.html path."""
+    root = storage.absolute(root)
+    base = storage.join(root, "lifecycle", name)
+    path = storage.join(base, "lifecycle.json")
+    if not storage.exists(path):
+        raise MissingPathError(f"no lifecycle {name} under {root}: {path} does not exist "
+                               f"(python -m pipelines.lifecycle writes it)")
+    out = storage.absolute(out) if out else storage.join(base, "report")
+    index = storage.join(out, "index.html")
+    storage.write_bytes(index, page(name, sections(root, storage.read_json(path), out)).encode())
+    return index
+
+
+def lifecycle_names(root: str) -> list[str]:
+    base = storage.join(storage.absolute(root), "lifecycle")
+    names = [n for n in storage.list_dir(base)
+             if storage.exists(storage.join(base, n, "lifecycle.json"))] if storage.exists(base) else []
+    if not names:
+        raise MissingPathError(f"no lifecycle under {root}: expected {base}/<name>/lifecycle.json "
+                               f"(python -m pipelines.lifecycle writes it)")
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.report", description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="the run root the lifecycle wrote into (run.root), a directory or URI")
+    parser.add_argument("--name", help="one lifecycle's name (default: every one under ROOT/lifecycle/)")
+    parser.add_argument("--out", help="where to write the page (default: ROOT/lifecycle/NAME/report; with "
+                                      "several lifecycles, one subdirectory each)")
+    args = parser.parse_args(argv)
+    try:
+        names = [args.name] if args.name else lifecycle_names(args.root)
+        for name in names:
+            out = storage.join(args.out, name) if args.out and len(names) > 1 else args.out
+            print(write_report(args.root, name, out), flush=True)
+    except UserError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()
