@@ -120,14 +120,25 @@ def ask(prompt: str) -> str:
         return ""
 
 
-def submit(stage: str, overrides: list[str], *, addr: str, wait: bool) -> int:
+def forwarded(names: list[str]) -> dict[str, str]:
+    """{name: this shell's value} of the variables --env names (an unset one is an error: the job would lack it)."""
+    unset = [name for name in names if name not in os.environ]
+    if unset:
+        raise SystemExit(f"error: --env {' '.join(unset)}: not set in this shell (export it, or drop --env)")
+    return {name: os.environ[name] for name in names}
+
+
+def submit(stage: str, overrides: list[str], *, addr: str, wait: bool, env: list[str] = ()) -> int:
     if stage not in stages():
         raise SystemExit(f"error: no stage {stage!r}; stages: {', '.join(stages())} (or: {', '.join(COMMANDS)} <id>)")
     check_overrides(stage, overrides)
+    env_vars = forwarded(list(env))
     jobs = client(addr)
     entrypoint = shlex.join(["python", "-m", f"pipelines.{stage}", *overrides])
+    # The job's runtime environment: its driver and every task, actor and replica it starts inherit it.
     job_id = jobs.submit_job(entrypoint=entrypoint,
-                             runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES},
+                             runtime_env={"working_dir": str(ROOT), "excludes": EXCLUDES}
+                             | ({"env_vars": env_vars} if env_vars else {}),
                              metadata={"stage": stage})
     print(f"submitted {job_id}: {entrypoint}", file=sys.stderr, flush=True)
     if not wait:
@@ -144,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="the dashboard's address (default: RAY_API_SERVER_ADDRESS, ...)")
     parser.add_argument("--no-wait", action="store_true", help="print the submission id and return")
     parser.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME",
+                        help="pass this shell's NAME to the job and everything it starts (repeatable), e.g. "
+                             "--env AWS_ACCESS_KEY_ID --env AWS_SECRET_ACCESS_KEY")
     args = parser.parse_args(argv)
     addr = address(args.address)
     if args.what not in COMMANDS:
-        return submit(args.what, args.args, addr=addr, wait=not args.no_wait)
+        return submit(args.what, args.args, addr=addr, wait=not args.no_wait, env=args.env)
     if len(args.args) != 1:
         parser.error(f"{args.what} takes one submission id")
     jobs, job_id = client(addr), args.args[0]

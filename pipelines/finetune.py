@@ -160,7 +160,7 @@ def plan(cfg: DictConfig, stage: str = "finetune") -> Plan:
         check_data_config(cfg)
     replay = replay_shards(cfg, path, tok_sha)
     meta = {"finetune": kind, "init_from": path, "random_init": bool(cfg.finetune.random_init),
-            "replay": replay["share"] if replay else 0.0}
+            "replay": replay["share"] if replay else 0.0, "replay_from": replay["source"] if replay else None}
     if kind == "classify":
         meta["labels"] = record_labels(cfg.data)
     return Plan(init_from=path, base_kind=base_kind, head=head, init_into=init_into, tokenizer_sha256=tok_sha,
@@ -168,25 +168,33 @@ def plan(cfg: DictConfig, stage: str = "finetune") -> Plan:
 
 
 def replay_shards(cfg: DictConfig, init_from: str, tokenizer_sha256: str) -> dict | None:
-    """`finetune.replay` > 0: the training blocks of the causal-LM shards init_from was pre-trained on, mixed into
-    chat fine-tuning so that what pre-training taught (facts of entities fine-tuning never mentions) is rehearsed."""
+    """`finetune.replay` > 0: training blocks of pre-training's causal-LM shards — those `finetune.replay_from` (a
+    run or checkpoint; null = init_from) was trained on — mixed into fine-tuning, so that what pre-training taught
+    (facts of entities fine-tuning never mentions) is rehearsed: into chat examples (instruct, summarize), or into
+    another corpus's blocks (domain)."""
     share = cfg.finetune.replay
     if not share:
         return None
-    if not 0 < share < 1 or cfg.objective.shard_format != "sft":
-        raise ConfigError(f"finetune.replay={share}: a share in (0, 1) of pre-training text mixed into chat "
-                          f"fine-tuning (finetune=instruct or summarize); set 0 for finetune={cfg.finetune.kind}")
-    meta_file = storage.join(init_from, "meta.json")
+    fmt = cfg.objective.shard_format
+    if not 0 < share < 1 or fmt not in ("sft", "clm"):
+        raise ConfigError(f"finetune.replay={share}: a share in (0, 1) of pre-training text mixed into fine-tuning "
+                          f"(finetune=instruct, summarize or domain); set 0 for finetune={cfg.finetune.kind}")
+    given = cfg.finetune.get("replay_from")
+    source = resolve_init_from(given, setting="finetune.replay_from") if given else init_from
+    meta_file = storage.join(source, "meta.json")
     where = storage.read_json(meta_file).get("shards") if storage.exists(meta_file) else None
     manifest = read_manifest(where) if where else None
     if not manifest or manifest["format"] != "clm" or manifest["tokenizer"]["sha256"] != tokenizer_sha256:
-        raise ConfigError(f"finetune.replay needs the causal-LM shards init_from={init_from} was pre-trained on "
-                          f"(its meta.json names {where!r}); set finetune.replay=0")
+        raise ConfigError(f"finetune.replay needs the causal-LM shards {source} was pre-trained on, with its "
+                          f"tokenizer (its meta.json names {where!r}); set finetune.replay=0")
+    if fmt == "clm" and manifest["seq_len"] != cfg.data.seq_len:
+        raise ConfigError(f"finetune.replay into causal-LM blocks of data.seq_len={cfg.data.seq_len} tokens: "
+                          f"{manifest['dir']} holds blocks of {manifest['seq_len']}; set data.seq_len to that")
     if manifest["seq_len"] + 1 > cfg.data.seq_len + 1:
         log.warning("replayed blocks of %d tokens are cut to data.seq_len + 1 = %d", manifest["seq_len"] + 1,
                     cfg.data.seq_len + 1)
     train = manifest["splits"]["train"]
-    return {"files": train["files"], "examples": train["examples"], "share": float(share)}
+    return {"files": train["files"], "examples": train["examples"], "share": float(share), "source": source}
 
 
 def given_shards(cfg: DictConfig, tokenizer_sha256: str) -> dict:

@@ -251,7 +251,10 @@ def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
     started = time.perf_counter()
     outcomes: dict[str, TrainOutcome] = {}
     for stage, (_, parent) in STAGES.items():
-        extra = {"align.reward_model": outcomes["reward"].final_dir} if stage == "rlhf" else None
+        extra = {"align.reward_model": outcomes["reward"].final_dir} if stage == "rlhf" else {}
+        if cfg.lifecycle[stage].config == "finetune" and stage != "domain":
+            # Rehearse the general pre-training text (facts), not the previous stage's (the medical text).
+            extra["finetune.replay_from"] = outcomes["pretrain"].final_dir
         outcomes[stage] = life.stage(stage, outcomes[parent].final_dir if parent else None, extra)
     reports = {row: life.evaluation(row, outcomes[stage].final_dir, outcomes["reward"].final_dir)
                for stage, (row, _) in STAGES.items() if row}
@@ -299,14 +302,12 @@ def time_table(times: dict[str, float | None], ran: dict[str, bool], total: floa
     return "\n".join(lines)
 
 
-def serve(cfg: DictConfig, checkpoint: str) -> None:
-    """Serve `checkpoint` with conf/serve.yaml on this run's cluster until Ctrl-C."""
-    from pipelines.serve.__main__ import serve_until_stopped
-
+def serve_config(cfg: DictConfig, checkpoint: str) -> DictConfig:
+    """`python -m pipelines.serve checkpoint=<checkpoint>`'s config (conf/serve.yaml) on this run's cluster."""
     config = compose(config_name="serve", overrides=[f"checkpoint={checkpoint}"])
     with open_dict(config):
         config.cluster = copy(cfg.cluster)
-    serve_until_stopped(config)
+    return config
 
 
 @stage_main("lifecycle")
@@ -316,7 +317,9 @@ def main(cfg: DictConfig) -> None:
     state = lifecycle(cfg, Path(HydraConfig.get().runtime.output_dir))
     aligned = state["checkpoints"]["aligned"]
     if cfg.lifecycle.serve:
-        serve(cfg, aligned)
+        from pipelines.serve.__main__ import serve_until_stopped
+
+        serve_until_stopped(serve_config(cfg, aligned))  # until Ctrl-C
     else:
         print(f"\nserve the aligned model: python -m pipelines.serve checkpoint={aligned}  (or lifecycle.serve=true)")
 

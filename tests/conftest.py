@@ -125,3 +125,29 @@ def pretrained_encoder(ray_cluster, pairs_manifest, small_overrides, session_run
                                "objective=mlm_nsp", "model=encoder_tiny", "trainer.max_steps=60",
                                "trainer.micro_batch_size=16", "trainer.ckpt_every=60"])
     return run_training(cfg, stage="pretrain", manifest=pairs_manifest)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Selenium through Debian's chromedriver at pinned paths (the project's
+    setup installs both; Selenium Manager is never asked to download anything: there is no network)."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(f"the web page tests drive Debian's Chromium headless and need {' and '.join(missing)}: "
+                    "install them with `apt-get install chromium chromium-driver`", pytrace=False)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

@@ -14,10 +14,10 @@ TINY_TRAIN = ["trainer.micro_batch_size=8", "trainer.log_every=5", "trainer.eval
 _STAGE = ["trainer.micro_batch_size=4", "trainer.log_every=5", "trainer.torch_threads=1", "trainer.eval_every=1000",
           "trainer.ckpt_every=1000", "trainer.cpus_per_worker=0.4", "trainer.eval_batches=2", "trainer.warmup_steps=2"]
 LIFECYCLE_TINY = [
-    "data.general_docs=600", "data.medical_docs=50", "lifecycle.report=false",
+    "data.general_docs=600", "data.medical_docs=50",
     "lifecycle.pretrain.groups=['model=decoder_tiny','objective=clm']", "lifecycle.pretrain.tokenizer.vocab_size=1000",
     *(f"++lifecycle.{stage}.{o}" for stage in ("pretrain", "domain", "instruct", "reward") for o in _STAGE),
-    *(f"++lifecycle.{stage}.data.seq_len=64" for stage in ("pretrain", "instruct", "reward")),
+    *(f"++lifecycle.{stage}.data.seq_len=64" for stage in ("pretrain", "domain", "instruct", "reward")),
     "++lifecycle.pretrain.data.rows_per_shard=200", "lifecycle.pretrain.trainer.lr=3e-3",
     "lifecycle.pretrain.trainer.max_steps=30", "lifecycle.domain.trainer.max_steps=6",
     "lifecycle.instruct.trainer.max_steps=6", "lifecycle.reward.trainer.max_steps=4",

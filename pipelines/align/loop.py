@@ -84,6 +84,7 @@ class Progress:
     epoch: int = 0
     position: int = 0  # prompts consumed in this epoch
     kl: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # every iteration's metrics: a resumed run's metrics.json has them all
 
 
 # ---- prompts ----
@@ -300,7 +301,8 @@ def save(cfg, roles: Roles, run_dir: str, progress: Progress, meta: dict) -> str
     call(roles.learners[0].save.remote(path, meta | {"iteration": progress.iteration}), "learner",
          cfg.align.timeout_s, None)
     storage.write_json(storage.join(path, LOOP_STATE), {"iteration": progress.iteration, "epoch": progress.epoch,
-                                                        "position": progress.position, "kl": progress.kl})
+                                                        "position": progress.position, "kl": progress.kl,
+                                                        "history": progress.history})
     keep = cfg.align.keep_checkpoints
     old = sorted(p for p in storage.list_dir(checkpoints_dir(run_dir)))[:-keep] if keep else []
     for name in old:
@@ -429,7 +431,7 @@ def rlhf(cfg: DictConfig, *, hooks: Hooks | None = None) -> TrainOutcome:
     meta = {"stage": "align", "algorithm": algorithm, "init_from": init_from, "reward_model": reward_model,
             "run": cfg.run.name, "config": OmegaConf.to_container(a, resolve=True)}
     logger = make_logger(cfg, run_dir)
-    history, roles, policy = [], None, Policy(progress.iteration, None, resume)
+    history, roles, policy = progress.history, None, Policy(progress.iteration, None, resume)
     try:
         roles = start_roles(cfg, init_from, reward_model)
         if resume:

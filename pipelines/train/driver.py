@@ -148,8 +148,8 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
     Fine-tuning adds: `head` (a task head on the model, e.g. {"kind": "sequence_classifier", "num_labels": 7}),
     `lora` (adapter settings; rank 0 = full fine-tuning), `init_into` ("base": init_from holds the model under
     the head; "model": it holds the whole model), `meta` (recorded in every checkpoint's meta.json),
-    `train_examples` (train on the first N training examples only), `replay` (pre-training text mixed into `sft`
-    training: {"files": CLM shard files, "examples": their count, "share": of the training examples}) and Ray
+    `train_examples` (train on the first N training examples only), `replay` (pre-training text mixed into `sft` or
+    `clm` training: {"files": CLM shard files, "examples": their count, "share": of the training examples}) and Ray
     Train `callbacks` (e.g. Tune's)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
@@ -175,8 +175,9 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
         # Each pass draws its own sample of pre-training blocks, and the two kinds are shuffled together.
         blocks = ray.data.read_parquet(replay["files"]).random_sample(
             min(1.0, extra / max(1, replay["examples"])), seed=trainer_cfg["seed"] + i)
-        blocks = blocks.map_batches(as_sft_rows, fn_kwargs={"width": manifest["seq_len"] + 1},
-                                    batch_format="pyarrow", batch_size=1024)
+        if manifest["format"] == "sft":  # causal-LM blocks already are what clm (domain) shards hold
+            blocks = blocks.map_batches(as_sft_rows, fn_kwargs={"width": manifest["seq_len"] + 1},
+                                        batch_format="pyarrow", batch_size=1024)
         return ds.union(blocks).random_shuffle(seed=trainer_cfg["seed"] + i)
 
     passes = data_passes(trainer_cfg, examples + extra)
@@ -228,8 +229,10 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
             if name != TRAIN_STATE:
                 with open(os.path.join(path, name), "rb") as f:
                     storage.write_bytes(storage.join(final_dir, name), f.read())
+    # Ray's checkpoint.path drops the URI scheme (s3://bucket/x -> bucket/x): name it by the run directory.
+    checkpoint = storage.join(run_dir, result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
     storage.write_json(storage.join(final_dir, "metrics.json"),
-                       {"stage": stage, "run": cfg.run.name, "checkpoint": result.checkpoint.path, **metrics})
+                       {"stage": stage, "run": cfg.run.name, "checkpoint": checkpoint, **metrics})
     return TrainOutcome(run_dir=run_dir, final_dir=final_dir, metrics=metrics)
 
 

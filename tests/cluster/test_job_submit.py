@@ -103,7 +103,9 @@ def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_nod
     assert "shards" in done.stdout  # the job's own output, followed to the terminal
     # --no-wait prints the id; logs --follow, status and stop take it. A stage that fails with a user error: its
     # one line, and its exit code (2) as ours.
-    queued = submit(["evaluate", "checkpoint=/nonexistent/run", "--no-wait"], env)
+    # --env hands this shell's variable to the job: the checkpoint setting is resolved from it inside the job.
+    queued = submit(["evaluate", "checkpoint=${oc.env:LMLIFE_PROBE}", "--env", "LMLIFE_PROBE", "--no-wait"],
+                    env | {"LMLIFE_PROBE": "/nonexistent/run"})
     job_id = queued.stdout.strip()
     assert queued.returncode == 0 and job_id.startswith("raysubmit_"), queued.stderr
     followed = submit(["logs", job_id, "--follow"], env)

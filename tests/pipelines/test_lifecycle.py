@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pipelines.lifecycle import STAGES, StageFailed, lifecycle, stage_config, thesis_table
+from pipelines.lifecycle import STAGES, StageFailed, lifecycle, serve_config, stage_config, thesis_table
 from tests_conf import CONF, LIFECYCLE_TINY
 
 
@@ -40,6 +40,14 @@ def test_each_stage_is_its_own_app_on_the_same_corpus_and_storage(tmp_path):
     names = [s.run.name for s in (pretrain, domain, instruct, reward, rlhf)]
     assert [n.rsplit("-", 1)[0] for n in names] == [f"demo-{stage}" for stage in STAGES]
     assert all(len(n.rsplit("-", 1)[1]) == 8 for n in names)
+
+
+def test_lifecycle_serve_serves_the_aligned_checkpoint_on_the_same_cluster(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="lifecycle", overrides=["cluster.num_cpus=2", "lifecycle.serve=true"])
+        served = serve_config(cfg, "/runs/align/demo-rlhf-0123abcd/final")
+    assert served.checkpoint == "/runs/align/demo-rlhf-0123abcd/final" and served.cluster.num_cpus == 2
+    assert served.serve.port == 8000  # conf/serve.yaml, as `python -m pipelines.serve` composes it
 
 
 def test_a_changed_stage_renames_it_and_every_later_stage_but_not_the_earlier_ones(tmp_path):
@@ -103,7 +111,14 @@ def test_the_whole_life_runs_every_stage_and_evaluates_every_checkpoint(tiny_lif
         assert report["ppl"]["medical"] > 1 and report["ppl"]["general"] > 1
     meta = json.loads((Path(state["checkpoints"]["domain-adapted"]) / "meta.json").read_text())
     assert meta["init_from"] == state["checkpoints"]["pretrained"]  # the chain: each from the previous final/
+    # Both fine-tuning stages rehearse the general pre-training text: into the medical blocks, into the chats.
+    assert meta["replay"] == 0.5 and meta["replay_from"] == state["checkpoints"]["pretrained"]
+    chat = json.loads((Path(state["checkpoints"]["instruction-tuned"]) / "meta.json").read_text())
+    assert chat["init_from"] == state["checkpoints"]["domain-adapted"]
+    assert chat["replay"] == 0.3 and chat["replay_from"] == state["checkpoints"]["pretrained"]
     assert "step" in (root / "logs" / "pretrain.log").read_text()  # the stage's own log holds its output
+    report = root / "runs" / "lifecycle" / "demo" / "report" / "index.html"  # the report card (test_report.py)
+    assert report.exists() and 'data-checkpoint="aligned"' in report.read_text()
 
 
 def test_a_rerun_keeps_everything_and_a_change_reruns_only_what_it_touches(tiny_life, capsys):

@@ -20,9 +20,6 @@ import pytest
 from pipelines.report import main, write_report
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-WAIT_S = 60
 PNG = b"\x89PNG\r\n\x1a\n"
 NAME = "demo"
 MARKUP = "<b>Paris</b> & co"  # a completion that must show as these characters, not as bold text
@@ -121,27 +118,6 @@ def runs(tmp_path) -> Path:
                   "evaluate pretrained": None}})  # None: reused from an earlier run, duration unknown
     write_sweep(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(f"the report card test drives Debian's Chromium headless and needs {' and '.join(missing)}: "
-                    "install them with `apt-get install chromium chromium-driver`", pytrace=False)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
-        options.add_argument(arg)
-    # An explicit driver path: Selenium Manager stays out of it (there is no network to download from).
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    yield driver
-    driver.quit()
 
 
 def test_report_card_in_the_browser(runs, browser, tmp_path, tmp_path_factory):

@@ -2,40 +2,15 @@
 OpenAI client gets for the same conversation, and a server error reaches the person in #error.
 
 Needs Debian's chromium and chromedriver at pinned paths (the project's setup installs them); Selenium Manager is never
-asked to download a driver. Fixtures `chat_url` and `openai_client` come from conftest.py (a running app serving a
-small trained model)."""
+asked to download a driver (the `browser` fixture of tests/conftest.py). Fixtures `chat_url` and `openai_client`
+come from conftest.py (a running app serving a small trained model)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 QUESTION = "What is the capital of France?"
 WAIT_S = 60
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(f"the chat page test drives Debian's Chromium headless and needs {' and '.join(missing)}: "
-                    "install them with `apt-get install chromium chromium-driver`", pytrace=False)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
-        options.add_argument(arg)
-    # An explicit driver path: Selenium Manager stays out of it (there is no network to download from).
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture
