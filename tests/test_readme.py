@@ -2,7 +2,8 @@
 repository path it names exists.
 
 Hydra stages are run with `--cfg job --resolve` (the composed config is printed; nothing runs, no Ray, no data),
-multirun commands (`-m`) with their first value of each sweep; `pipelines.corpus` (argparse) with `--help`.
+multirun commands (`-m`) with their first value of each sweep; `pipelines.corpus` and `pipelines.report` (argparse)
+with `--help`.
 Placeholders such as `<run>` or `DIR` become a dummy value. The subprocesses start together on a small pool
 (each costs seconds of imports) and each test waits for its own.
 """
@@ -21,7 +22,7 @@ import pytest
 from tests_conf import ROOT
 
 README = (ROOT / "README.md").read_text()
-ARGPARSE_MODULES = {"pipelines.corpus"}
+ARGPARSE_MODULES = {"pipelines.corpus", "pipelines.report"}
 SHELL_OPERATORS = {"&&", "||", "|", ";", "&", ">", ">>", "<"}
 # Gitignored outputs a README may name (`data/`, `runs/`): not part of the repository.
 GENERATED = {"data", "runs", "outputs", "multirun", "checkpoints", "wandb"}
@@ -109,6 +110,8 @@ COMMANDS = readme_commands()
 
 def run(argv: list[str]) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    # `${oc.env:NAME}` settings (credentials kept off the command line) resolve from the environment: give them one.
+    env |= {name: DUMMY for arg in argv for name in re.findall(r"\$\{oc\.env:(\w+)\}", arg) if name not in env}
     return subprocess.run(check_argv(argv), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
