@@ -1,5 +1,6 @@
 """k8s/: every manifest passes the KubeRay v1.7.0 CRD schemas (as the API server applies them) and the project's
-checks (cluster/kuberay.py), and a broken copy fails each check with its own error. No Ray, no cluster, no Docker."""
+checks (cluster/crd_schema.py, cluster/kuberay.py), and a broken copy fails each check with its own error. No Ray, no
+cluster, no Docker."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from cluster import kuberay
+from cluster import crd_schema, kuberay
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -129,14 +130,15 @@ TOY_SPEC = {
 
 
 def toy_errors(spec: dict) -> list[str]:
-    schema = kuberay.schema_from_crd(crd("RayCluster", TOY_SPEC, required=["mode"]))
-    obj = kuberay.admit({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "toy"}, "spec": spec},
+    schema = crd_schema.schema_from_crd(crd("RayCluster", TOY_SPEC, required=["mode"]))
+    obj = crd_schema.admit({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "toy"}, "spec": spec},
                         schema)
-    return sorted(f"{kuberay._path(e.absolute_path)}: {e.message}" for e in kuberay.Validator(schema).iter_errors(obj))
+    errors = crd_schema.Validator(schema).iter_errors(obj)
+    return sorted(f"{crd_schema._path(e.absolute_path)}: {e.message}" for e in errors)
 
 
 def test_schema_conversion_follows_the_api_server():
-    schema = kuberay.schema_from_crd(crd("RayCluster", TOY_SPEC))
+    schema = crd_schema.schema_from_crd(crd("RayCluster", TOY_SPEC))
     Draft202012Validator.check_schema(schema)
     spec = schema["properties"]["spec"]["properties"]
     assert spec["note"]["type"] == ["string", "null"]
@@ -156,29 +158,29 @@ def test_schema_conversion_follows_the_api_server():
 
 
 def test_admit_prunes_nulls_and_fills_defaults_like_the_api_server():
-    schema = kuberay.schema_from_crd(crd("RayCluster", TOY_SPEC))
+    schema = crd_schema.schema_from_crd(crd("RayCluster", TOY_SPEC))
     obj = {"spec": {"note": None, "closed": None, "mode": None, "extra": {"x": None}}}
     # nullable kept; non-nullable dropped; non-nullable with a default defaulted; unknown fields' nulls untouched
-    assert kuberay.admit(obj, schema)["spec"] == {"note": None, "mode": "fast", "extra": {"x": None}}
-    assert kuberay.admit({"spec": {}}, schema)["spec"] == {"mode": "fast"}
+    assert crd_schema.admit(obj, schema)["spec"] == {"note": None, "mode": "fast", "extra": {"x": None}}
+    assert crd_schema.admit({"spec": {}}, schema)["spec"] == {"mode": "fast"}
 
 
 def test_a_cel_rule_without_a_translation_stops_regeneration():
     spec = {"x": {"type": "string", "x-kubernetes-validations": [{"rule": "self.size() < 3", "message": "short"}]}}
     with pytest.raises(ValueError, match="add one to RULES"):
-        kuberay.schema_from_crd(crd("RayJob", spec))
+        crd_schema.schema_from_crd(crd("RayJob", spec))
 
 
 def test_regenerate_writes_a_schema_per_kind(tmp_path):
     (tmp_path / "ray.io_rayclusters.yaml").write_text(yaml.safe_dump(crd("RayCluster", TOY_SPEC)))
-    written = kuberay.regenerate_schemas(tmp_path, out_dir=tmp_path / "schemas")
+    written = crd_schema.regenerate_schemas(tmp_path, out_dir=tmp_path / "schemas")
     assert [p.name for p in written] == ["raycluster.json"]
     assert "KubeRay v1.7.0" in written[0].read_text()
 
 
-@pytest.mark.parametrize("kind", sorted(kuberay.KINDS))
+@pytest.mark.parametrize("kind", sorted(crd_schema.KINDS))
 def test_vendored_schemas_are_json_schema_from_kuberay_1_7(kind):
-    schema = kuberay.schema(kind)
+    schema = crd_schema.schema(kind)
     Draft202012Validator.check_schema(schema)
     assert "KubeRay v1.7.0" in schema["$comment"] and schema["properties"]["apiVersion"] == {"const": "ray.io/v1"}
 

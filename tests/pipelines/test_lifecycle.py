@@ -89,9 +89,9 @@ def tiny_life(ray_cluster, data_root, tmp_path_factory):
         # Inside the Hydra context: lifecycle() composes the stages' configs.
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
             # The session's corpus, tokenizer settings and pre-training shards (conftest.SMALL_DATA): reused.
-            cfg = compose(config_name="lifecycle", overrides=[f"data.root={data_root}", f"run.root={root}/runs",
-                                                              *LIFECYCLE_TINY, "++lifecycle.pretrain.data.valid_fraction=0.05",
-                                                              *overrides])
+            cfg = compose(config_name="lifecycle",
+                          overrides=[f"data.root={data_root}", f"run.root={root}/runs", *LIFECYCLE_TINY,
+                                     "++lifecycle.pretrain.data.valid_fraction=0.05", *overrides])
             return lifecycle(cfg, root / logs)
 
     return run, root, run()
