@@ -48,6 +48,7 @@ from pipelines.evaluate import EVAL_FILE, evaluate
 from pipelines.eval_report import print_report
 from pipelines.finetune import finetune
 from pipelines.pretrain import pretrain
+from pipelines.report import cell_text, write_report
 from pipelines.train.driver import FINAL, TrainOutcome, print_summary, run_directory
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,6 @@ def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
     print("\nTime per stage:")
     print(time_table(life.state["times"], life.ran, time.perf_counter() - started))
     if cfg.lifecycle.report:
-        from pipelines.report import write_report
-
         print(f"\nreport card: {write_report(cfg.run.root, cfg.lifecycle.name)}")
     return life.state
 
@@ -278,18 +277,10 @@ def thesis_table(reports: dict[str, dict]) -> str:
     width = max(len(name) for name in reports) + 2
     lines = ["".ljust(width) + "".join(title.rjust(WIDTH) for title, _, _ in COLUMNS)]
     for name, report in reports.items():
-        cells = [format_value(title, (report.get(suite) or {}).get(metric)).rjust(WIDTH)
-                 for title, suite, metric in COLUMNS]
+        cells = [cell_text(suite, metric, (report.get(suite) or {}).get(metric)).rjust(WIDTH)
+                 for _, suite, metric in COLUMNS]
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
-
-
-def format_value(title: str, value) -> str:
-    if value is None:
-        return "-"
-    if title == "reward":
-        return f"{value:+.3f}"
-    return f"{value:.2f}" if title.endswith("ppl") else f"{value:.1%}"
 
 
 def time_table(times: dict[str, float | None], ran: dict[str, bool], total: float) -> str:
