@@ -37,7 +37,6 @@ import logging
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
@@ -47,18 +46,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, open_dict
 from rouge_score import rouge_scorer
 
-from models import load_checkpoint
-from models.build import model_spec
 from models.generate import generate
 from models.tokenizer import Tokenizer
-from pipelines import storage
+from pipelines import checkpoints, storage
+from pipelines.checkpoints import Loaded
 from pipelines.corpus import detectors
 from pipelines.data import records
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
 from pipelines.eval_report import print_report
 from pipelines.errors import CheckpointError, ConfigError, MissingPathError
-from pipelines.train.driver import resolve_init_from
 from pipelines.train.objectives import objective_class, summarize
 
 log = logging.getLogger(__name__)
@@ -66,25 +63,6 @@ EVAL_FILE = "eval.json"
 DEFAULT_SUITES = {"decoder": ["cloze", "qa"], "sequence_classifier": ["classify"], "encoder": ["encoder"]}
 # What follows an answer for it to count as a whole word: no word character, nor ".5" / ",000" / ":30".
 ANSWER_END = r"(?!\w)(?![.,:;]\w)"
-
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: what every suite reads."""
-
-    path: str
-    model: torch.nn.Module
-    tok: Tokenizer
-    meta: dict
-    kind: str
-
-
-def load_model(checkpoint: str) -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """(model in eval mode, its tokenizer, meta) from a checkpoint directory (local or URI)."""
-    with storage.local_dir(checkpoint) as path:
-        model, meta = load_checkpoint(path)
-        tok = Tokenizer(storage.read_bytes(storage.join(path, "tokenizer.model")))
-    return model.eval(), tok, meta
 
 
 def read_jsonl(path: str, limit: int | None = None) -> list[dict]:
@@ -207,7 +185,7 @@ def cloze(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batc
     """
     prefix = [tok.bos_id] if prefix_bos else []
     prompts = [prefix + tok.encode(item["prompt"]) for item in items]
-    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
+    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
                      batch_size=batch_size)
     results = []
     for item, (tokens, _) in zip(items, outputs):
@@ -221,8 +199,8 @@ def chat_replies(model, tok: Tokenizer, questions: list[str], *, max_new_tokens:
     """Each question as a single user turn of the chat template: (the greedy reply up to <|end|>, whether <|end|>
     closed it). A pre-trained model that ends the reply as a document (eos) stops there too."""
     prompts = [chat_prompt(tok, question) for question in questions]
-    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=[tok.end_id, tok.eos_id],
-                     pad_id=tok.pad_id, batch_size=batch_size)
+    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                     batch_size=batch_size)
     return [(tok.decode(tokens).strip(), stop == tok.end_id) for tokens, stop in outputs]
 
 
@@ -258,7 +236,7 @@ def ask_plain(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, 
     """Each question as running text, "Question: ...\\nAnswer:" (no chat tokens, no <bos>, as cloze prompts are);
     the greedy completion up to eos, cut at its first newline, scored."""
     prompts = [plain_prompt(tok, item["question"]) for item in items]
-    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
+    outputs = greedy(model, prompts, max_new_tokens=max_new_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
                      batch_size=batch_size)
     results = []
     for item, (tokens, _) in zip(items, outputs):
@@ -273,7 +251,7 @@ def summaries(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, 
     room = model.cfg.max_seq_len - max_new_tokens
     encoded = [summary_prompt(tok, item["document"], room) for item in items]
     outputs = greedy(model, [ids for ids, _ in encoded], max_new_tokens=max_new_tokens,
-                     stop_ids=[tok.end_id, tok.eos_id], pad_id=tok.pad_id, batch_size=batch_size)
+                     stop_ids=tok.stop_ids, pad_id=tok.pad_id, batch_size=batch_size)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     results = []
     for item, (_, cut), (tokens, _) in zip(items, encoded, outputs):
@@ -366,7 +344,7 @@ def eval_file(cfg: DictConfig, setting: str, builtin: str, fields: str) -> str:
     return path
 
 
-def run_cloze(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+def run_cloze(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     e = cfg.eval
     items = read_jsonl(eval_file(cfg, "cloze_path", "eval/cloze.jsonl", "prompt, answer, held_out"), e.cloze_limit)
     results = cloze(ckpt.model, ckpt.tok, items, max_new_tokens=e.cloze_max_new_tokens, batch_size=e.batch_size,
@@ -376,7 +354,7 @@ def run_cloze(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
             "samples": results[:e.samples]}
 
 
-def run_qa(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+def run_qa(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     e, model, tok = cfg.eval, ckpt.model, ckpt.tok
     everything = read_jsonl(eval_file(cfg, "qa_path", "eval/qa.jsonl", "question, answer, relation, held_out"))
     items = everything[:e.qa_limit] if e.qa_limit else everything
@@ -395,7 +373,7 @@ def run_qa(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
             "samples": chat[:e.samples], "plain_samples": plain[:e.samples]}
 
 
-def run_safety(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+def run_safety(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     e, model, tok = cfg.eval, ckpt.model, ckpt.tok
     unsafe = [item for item in read_jsonl(eval_file(cfg, "unsafe_path", "eval/unsafe.jsonl", "prompt, held_out"))
               if item.get("held_out")][:e.safety_limit]
@@ -414,8 +392,10 @@ def run_safety(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict
                "unsafe_count": len(on_unsafe), "medical_count": len(on_medical),
                "skipped": skipped_unsafe + skipped_medical, "reward": None}
     if e.reward_model:
-        reward_model, reward_tok, _ = load_model(resolve_init_from(e.reward_model, setting="eval.reward_model"))
-        if reward_tok.sha256 != tok.sha256:
+        scorer = checkpoints.load(e.reward_model, setting="eval.reward_model", kinds=("scalar_model",),
+                                  purpose="the safety suite's reward")
+        reward_model = scorer.model
+        if scorer.tok.sha256 != tok.sha256:
             raise ConfigError(f"eval.reward_model={e.reward_model} uses another tokenizer than {ckpt.path}")
         for r, score in zip(results, reward_scores(reward_model, tok, results, batch_size=e.batch_size)):
             r["reward"] = score
@@ -423,7 +403,7 @@ def run_safety(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict
     return section | {"samples": on_unsafe[:e.samples] + on_medical[:e.samples]}
 
 
-def run_summarize(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+def run_summarize(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     e = cfg.eval
     items = read_jsonl(eval_file(cfg, "summarize_path", "task/summarize_test.jsonl", "document, summary"),
                        e.summarize_limit)
@@ -434,7 +414,7 @@ def run_summarize(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> d
             "samples": results[:e.samples]}
 
 
-def run_classify(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+def run_classify(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     labels, seq_len = ckpt.meta.get("labels"), ckpt.meta.get("seq_len")
     if not labels or not seq_len:
         raise CheckpointError(f"{ckpt.path}/meta.json has no \"labels\" (class names) or \"seq_len\": the classify "
@@ -462,7 +442,7 @@ def ppl_shards_config(cfg: DictConfig, subset: str, tokenizer_path: str) -> Dict
     return data_cfg
 
 
-def run_ppl(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+def run_ppl(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     from cluster.connect import connect  # Ray: only when shards are built
     from pipelines.data.build import prepare_shards
 
@@ -482,7 +462,7 @@ def run_ppl(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
     return section
 
 
-def run_encoder(cfg: DictConfig, ckpt: Checkpoint, *, shards: str | None) -> dict:
+def run_encoder(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     manifest = checkpoint_shards(ckpt.meta, shards, checkpoint=ckpt.path)
     if not manifest or manifest["format"] != "pairs" or not manifest["splits"]["valid"]["files"]:
         raise ConfigError(f"evaluating the encoder {ckpt.path} needs sentence-pair shards with a validation "
@@ -549,11 +529,9 @@ def evaluate(cfg: DictConfig, checkpoint: str, *, shards: str | None = None, sui
     """Run `suites` (None = eval.suites, and null there = the checkpoint kind's default) on the checkpoint (or run
     directory) `checkpoint`; the encoder suite reads `shards` (None = the `shards` setting). Updates the
     checkpoint's eval.json with their sections and returns the whole report."""
-    checkpoint = resolve_init_from(checkpoint, setting="checkpoint")
-    model, tok, meta = load_model(checkpoint)
-    kind = model_spec(model)["kind"]
+    ckpt = checkpoints.load(checkpoint, setting="checkpoint")
+    checkpoint, meta, kind = ckpt.path, ckpt.meta, ckpt.kind
     names = choose_suites(kind, suites if suites is not None else cfg.eval.suites)
-    ckpt = Checkpoint(checkpoint, model, tok, meta, kind)
     sections = {}
     for name in names:
         log.info("evaluating %s: %s", checkpoint, name)

@@ -70,23 +70,8 @@ async def _server_error(request: Request, error: Exception):
                         status_code=500)
 
 
-def load(checkpoint: str):
-    """(decoder in eval mode, tokenizer, meta) from a checkpoint or run directory, local or a URI."""
-    from models import load_checkpoint
-    from models.decoder import Decoder
-    from models.tokenizer import Tokenizer
-    from pipelines import storage
-    from pipelines.errors import CheckpointError
-    from pipelines.train.driver import resolve_init_from
-
-    path = resolve_init_from(checkpoint, "checkpoint")
-    with storage.local_dir(path) as local:
-        model, meta = load_checkpoint(local)
-        tok = Tokenizer(storage.read_bytes(storage.join(local, "tokenizer.model")))
-    if not isinstance(model, Decoder):
-        raise CheckpointError(f"checkpoint={path} holds a {type(model).__name__}: serving needs a decoder (a "
-                              f"pre-trained, instruction-tuned or aligned causal LM)")
-    return model.eval(), tok, meta
+# What `pipelines.checkpoints.check/load` are asked for: serving needs a decoder.
+SERVABLE = {"kinds": ("decoder",), "purpose": "serving"}
 
 
 def default_model_name(checkpoint: str) -> str:
@@ -104,12 +89,13 @@ class ModelServer:
     def __init__(self, checkpoint: str, settings: dict):
         import torch
 
+        from pipelines import checkpoints
         from pipelines.serve.engine import Engine
 
         engine_cfg = settings["engine"]
         if engine_cfg.get("threads"):
             torch.set_num_threads(int(engine_cfg["threads"]))
-        model, _, _ = load(checkpoint)
+        model = checkpoints.load(checkpoint, **SERVABLE).model
         if settings.get("num_gpus") and torch.cuda.is_available():
             model = model.to("cuda")
         self.engine = Engine(model, max_batch=int(engine_cfg["max_batch"]), batching=bool(engine_cfg["batching"]),
@@ -152,18 +138,11 @@ class ChatServer:
     dead replica before it started is sent again once."""
 
     def __init__(self, model, checkpoint: str, settings: dict):
-        from models.tokenizer import Tokenizer
-        from pipelines import storage
-        from pipelines.errors import CheckpointError
-        from pipelines.train.driver import resolve_init_from
+        from pipelines import checkpoints
 
         self.model = model
-        path = resolve_init_from(checkpoint, "checkpoint")
-        spec = storage.read_json(storage.join(path, "config.json"))
-        if spec["kind"] != "decoder":
-            raise CheckpointError(f"checkpoint={path} holds a {spec['kind']}: serving needs a decoder (a "
-                                  f"pre-trained, instruction-tuned or aligned causal LM)")
-        self.tok = Tokenizer(storage.read_bytes(storage.join(path, "tokenizer.model")))
+        path, spec = checkpoints.check(checkpoint, **SERVABLE)
+        self.tok = checkpoints.read_tokenizer(path)
         gen = settings["generation"]
         self.name = settings.get("model_name") or default_model_name(checkpoint)
         self.context = int(spec["config"]["max_seq_len"])
@@ -217,7 +196,7 @@ class ChatServer:
         sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap)
         prompt, dropped, budget = self._fit_chat(messages, sampling.max_tokens)
         reply = protocol.Reply(protocol.new_id("chatcmpl"), model, chat=True)
-        return await self._respond(reply, prompt, sampling, budget, stop_ids=(self.tok.end_id,),
+        return await self._respond(reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids,
                                    headers={"X-Context-Dropped-Messages": str(dropped)})
 
     @api.post("/v1/completions")
@@ -234,7 +213,7 @@ class ChatServer:
                                param="prompt", code="context_length_exceeded")
         budget = sampling.max_tokens or min(self.default_max_tokens, self.context - len(prompt))
         reply = protocol.Reply(protocol.new_id("cmpl"), model, chat=False)
-        return await self._respond(reply, prompt, sampling, budget, stop_ids=(self.tok.eos_id, self.tok.end_id))
+        return await self._respond(reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids)
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
