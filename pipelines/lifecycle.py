@@ -46,7 +46,7 @@ from pipelines.checkpoints import FINAL
 from pipelines.entry import stage_main
 from pipelines.errors import ConfigError, UserError
 from pipelines.evaluate import EVAL_FILE, evaluate
-from pipelines.eval_report import print_report
+from pipelines.evaluate.report import print_report
 from pipelines.finetune import finetune
 from pipelines.pretrain import pretrain
 from pipelines.report import cell_text, write_report

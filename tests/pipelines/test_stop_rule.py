@@ -52,7 +52,7 @@ def test_the_rule(tok):
 
 def test_evaluation_and_rollouts_stop_at_eos(tok, tmp_path):
     from pipelines.align.rollout import Rollout
-    from pipelines.evaluate import chat_replies
+    from pipelines.evaluate.qa import chat_replies
 
     model = one_token_decoder(tok, tok.eos_id)
     assert chat_replies(model, tok, ["Is water wet?"], max_new_tokens=8, batch_size=4) == [("", False)]
