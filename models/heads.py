@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from models.decoder import Decoder
+from models.tokenizer import Tokenizer
 
 
 def last_token_index(attention_mask):
@@ -68,4 +69,17 @@ class ScalarModel(nn.Module):
             for row, seq in enumerate(chunk):
                 ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
             scores += self(ids.to(device), attention_mask=mask.to(device)).float().tolist()
+        return scores
+
+    def score_replies(self, prompts: list[list[int]], replies: list[list[int]], *, tok: Tokenizer,
+                      empty_score: float, unfinished_penalty: float, batch_size: int = 32) -> list[float]:
+        """The reward of generated replies as RLHF pays it and evaluation reports it: the score of the exact tokens
+        generated (prompt, then the reply with its stop token), `empty_score` for a reply with no text before its
+        stop, and `unfinished_penalty` off a reply the token cap cut (not ended by `tok`'s stop rule)."""
+        scores = self.score([p + r for p, r in zip(prompts, replies)], pad_id=tok.pad_id, batch_size=batch_size)
+        for i, reply in enumerate(replies):
+            if not tok.decode([t for t in reply if t not in tok.stop_ids]).strip():
+                scores[i] = empty_score
+            elif not tok.finished(reply):
+                scores[i] -= unfinished_penalty
         return scores

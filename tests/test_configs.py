@@ -38,3 +38,12 @@ def test_every_group_option_composes_into_pretrain(compose_config, group, option
         assert resolved["algorithm"]["name"] == resolved["finetune"]["kind"] == option
     if group == "model":
         assert resolved["model"]["vocab_size"] == resolved["tokenizer"]["vocab_size"]
+
+
+def test_evaluation_reports_the_reward_as_rlhf_pays_it(compose_config):
+    """The safety suite's reward and the RLHF reward share their empty and unfinished terms (one rule, two
+    configs: evaluation does not compose alignment's)."""
+    evaluate = compose_config("evaluate", ["checkpoint=x"]).eval
+    reward = compose_config("align", ["algorithm=grpo", "init_from=x", "align.reward_model=y"]).align.reward
+    assert (evaluate.reward_empty_score, evaluate.reward_unfinished_penalty) == (reward.empty_score,
+                                                                                 reward.unfinished_penalty)

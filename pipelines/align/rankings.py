@@ -9,17 +9,25 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from models.tokenizer import Tokenizer
 from pipelines.data.records import check_ranking, response_encoding
+from pipelines.data.tokenize import domain_of, warn_dropped_domains
 from pipelines.train.objectives import sequence_logprobs
 
 
-def usable(records: list[dict], max_len: int, tok: Tokenizer) -> list[dict]:
-    """Rankings that pass the training checks and whose exchanges fit `max_len` tokens."""
-    return [r for r in records if check_ranking(r) is None and
-            all(len(response_encoding(tok, r["prompt"], x).ids) <= max_len for x in r["responses"])]
+def usable(records: list[dict], max_len: int, tok: Tokenizer, *, warn_share: float) -> list[dict]:
+    """Rankings that pass the training checks and whose exchanges fit `max_len` tokens; a domain that loses more
+    than `warn_share` of its rankings to `max_len` is warned about loudly (its figures would not be measured)."""
+    valid = [r for r in records if check_ranking(r) is None]
+    kept = [r for r in valid if all(len(response_encoding(tok, r["prompt"], x).ids) <= max_len
+                                    for x in r["responses"])]
+    seen, lost = Counter(map(domain_of, valid)), Counter(map(domain_of, valid)) - Counter(map(domain_of, kept))
+    warn_dropped_domains({"held-out": {d: [lost[d], n] for d, n in seen.items()}}, max_len, warn_share)
+    return kept
 
 
 def reward_report(model, tok: Tokenizer, records: list[dict], *, batch_size: int = 32) -> dict:

@@ -26,17 +26,12 @@ class RewardScorer:
 
     def score(self, prompts: list[list[int]], responses: list[list[int]],
               domains: list[str | None] | None = None) -> list[float]:
-        scores = self.model.score([p + r for p, r in zip(prompts, responses)], pad_id=self.tok.pad_id,
-                                  batch_size=self.batch_size)
-        stops = self.tok.stop_ids
+        scores = self.model.score_replies(prompts, responses, tok=self.tok, empty_score=self.empty_score,
+                                          unfinished_penalty=self.unfinished_penalty, batch_size=self.batch_size)
         for i, r in enumerate(responses):
-            text = self.tok.decode([t for t in r if t not in stops])
-            if not text.strip():
-                scores[i] = self.empty_score
-                continue
-            if not self.tok.finished(r):
-                scores[i] -= self.unfinished_penalty
-            scores[i] += self.rule_terms(text, domains[i] if domains else None)
+            text = self.tok.decode([t for t in r if t not in self.tok.stop_ids])
+            if text.strip():
+                scores[i] += self.rule_terms(text, domains[i] if domains else None)
         return scores
 
     def rule_terms(self, reply: str, domain: str | None) -> float:

@@ -33,7 +33,8 @@ def report_rankings(cfg: DictConfig, outcome: TrainOutcome) -> dict:
     """The held-out ranking report of a reward model or DPO policy, printed and written as rankings.json."""
     loaded = checkpoints.load(outcome.final_dir)
     model, meta, tok = loaded.model, loaded.meta, loaded.tok
-    records = usable(storage.read_jsonl(rankings_file(cfg)), cfg.data.seq_len, tok)
+    records = usable(storage.read_jsonl(rankings_file(cfg)), cfg.data.seq_len, tok,
+                     warn_share=cfg.data.warn_dropped_share)
     if cfg.algorithm.name == "reward":
         report = reward_report(model, tok, records)
         print(f"held-out rankings: pairwise accuracy {report['pairwise_accuracy']:.1%} over {report['pairs']} pairs "

@@ -11,15 +11,16 @@ Writes every file the later stages read, in formats a user could also supply:
     task/classify_{train,test}.jsonl {"text", "label"};  task/summarize_{train,test}.jsonl {"document", "summary"}
     eval/cloze.jsonl {"prompt", "answer", "entity", "kind", "relation", "held_out"}
     eval/qa.jsonl {"question", "answer", "entity", "kind", "relation", "held_out"}
-    eval/unsafe.jsonl {"prompt", "category", "held_out"};  eval/medical.jsonl {"question", "answer", "condition",
-                                   "kind", "held_out"}
+    eval/unsafe.jsonl {"prompt", "category", "action", "held_out", "held_out_by": "action"|"framing"|null}
+    eval/medical.jsonl {"question", "answer", "condition", "kind", "held_out"}
     manifest.json                  parameters, per-file counts, sizes and hashes, held-out entities, content hash
 
 Held-out entities (a fixed share of countries, elements, animals and planets) are described in the general corpus
 but never named in instruction, preference or task data, so the eval sets can tell recall of pre-trained facts
-from facts taught again in fine-tuning. Likewise a quarter of the templated unsafe prompts and 8 of the 44 medical
-conditions are held out of instruction, preference and task data (the medical corpus still describes them): the
-safety evaluation asks them. Documents are generated and written as a stream, so the corpus size is
+from facts taught again in fine-tuning. Likewise unsafe requests (two whole actions per category in every phrasing,
+and single phrasings of some other actions) and 8 of the 44 medical conditions are held out of instruction,
+preference and task data (the medical corpus still describes them): the safety evaluation asks them. Rankings are
+split by prompt: no held-out ranking asks a prompt of the training rankings. Documents are generated and written as a stream, so the corpus size is
 bounded by disk, not memory; manifest.json is written last (and removed first), so a directory without it is an
 unfinished corpus.
 """
@@ -39,12 +40,12 @@ from pipelines.errors import ConfigError
 from pipelines.corpus.general import (build_entities, canonical_document, held_out_names,
                                       names_pattern, varied_document)
 from pipelines.corpus.medical import CONDITIONS, medical_document
-from pipelines.corpus.tasks import (TOPICS, UNSAFE_PROMPTS, classify_records, eval_records, held_out_conditions,
-                                    held_out_unsafe, instruct_record, medical_eval_records, preference_record,
-                                    summarize_record)
+from pipelines.corpus.tasks import (TOPICS, UNSAFE_ACTION_OF, UNSAFE_PROMPTS, classify_records, eval_records,
+                                    held_out_conditions, held_out_unsafe, held_out_unsafe_actions, instruct_record,
+                                    medical_eval_records, preference_record, summarize_record)
 
 # Bump when the generated text changes for the same parameters, so that corpus_is_complete rejects old corpora.
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 MANIFEST = "manifest.json"
 
 
@@ -99,14 +100,14 @@ def write_parts(folder: Path, prefix: str, texts, count: int, docs_per_file: int
     return stats
 
 
-def draw_records(make, count: int, forbidden: re.Pattern) -> list[dict]:
+def draw_records(make, count: int, forbidden: re.Pattern, taken_prompts: set[str] = frozenset()) -> list[dict]:
     """`count` records from `make()`, redrawing any whose text names a held-out entity (rare: medical text and
-    wrong answers are the only ways in)."""
+    wrong answers are the only ways in) or whose "prompt" is in `taken_prompts` (another split's)."""
     records = []
     while len(records) < count:
         for _ in range(1000):
             record = make()
-            if not forbidden.search(json.dumps(record)):
+            if not forbidden.search(json.dumps(record)) and record.get("prompt") not in taken_prompts:
                 break
         else:
             raise RuntimeError("could not draw a record free of held-out names")
@@ -172,10 +173,15 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
         ("preference", preference_examples,
          lambda r: preference_record(visible, conditions, values_by_relation, unsafe_train, r)),
     ):
-        for split, count in zip(("train", "valid"), split_counts(total, valid_fraction)):
+        # Rankings are split by prompt (valid drawn first, train never asks its prompts): a held-out ranking is one
+        # whose prompt the reward model and DPO never trained on.
+        taken: set[str] = set()
+        for split, count in reversed(list(zip(("train", "valid"), split_counts(total, valid_fraction)))):
             r = rng(f"{name}:{split}")
-            files[f"{name}/{split}.jsonl"] = write_records(out / name / f"{split}.jsonl",
-                                                           draw_records(lambda: make(r), count, forbidden))
+            records = draw_records(lambda: make(r), count, forbidden, taken)
+            if name == "preference":
+                taken |= {record["prompt"] for record in records}
+            files[f"{name}/{split}.jsonl"] = write_records(out / name / f"{split}.jsonl", records)
 
     for split, count in zip(("train", "test"), split_counts(classify_examples, valid_fraction, len(TOPICS))):
         records = classify_records(visible, conditions, count, rng(f"classify:{split}"))
@@ -190,7 +196,8 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
     cloze, qa = eval_records(entities, held_pairs)
     files["eval/cloze.jsonl"] = write_records(out / "eval" / "cloze.jsonl", cloze)
     files["eval/qa.jsonl"] = write_records(out / "eval" / "qa.jsonl", qa)
-    unsafe = [{"prompt": p, "category": c, "held_out": p in unsafe_held} for p, c in UNSAFE_PROMPTS]
+    unsafe = [{"prompt": p, "category": c, "action": UNSAFE_ACTION_OF[p], "held_out": p in unsafe_held,
+               "held_out_by": unsafe_held.get(p)} for p, c in UNSAFE_PROMPTS]
     files["eval/unsafe.jsonl"] = write_records(out / "eval" / "unsafe.jsonl", unsafe)
     files["eval/medical.jsonl"] = write_records(out / "eval" / "medical.jsonl", medical_eval_records(conditions_held))
 
@@ -204,6 +211,7 @@ def write_corpus(out_dir, *, seed: int = 0, general_docs: int = 6000, medical_do
         "topics": list(TOPICS),
         "held_out": held_out,
         "held_out_unsafe": sorted(unsafe_held),
+        "held_out_unsafe_actions": sorted(held_out_unsafe_actions()),
         "held_out_conditions": sorted(conditions_held),
         "files": dict(sorted(files.items())),
         "total_bytes": sum(f["bytes"] for f in files.values()),

@@ -9,6 +9,7 @@ Other stages call `prepare_shards(cfg)` directly; it returns the manifest.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import tempfile
 import time
@@ -25,7 +26,8 @@ from pipelines.errors import BadRecordError, ConfigError, CorpusError, MissingPa
 from pipelines.data.reader import FORMATS, check_format, parse_rows, read_corpus
 from pipelines.text import split_sentences
 from pipelines.data.shards import MANIFEST, ClmPacker, SplitWriter, pairs_table, read_manifest
-from pipelines.data.tokenize import MAX_BAD_REPORTED, SPLITS, TokenizeBatch, write_negative_pool
+from pipelines.data.tokenize import (MAX_BAD_REPORTED, SPLITS, TokenizeBatch, warn_dropped_domains,
+                                     write_negative_pool)
 
 TOKENIZER, NEGATIVES = "tokenizer.model", "nsp_negatives.jsonl"
 
@@ -219,6 +221,8 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
     manifest = read_manifest(shard_dir)
     if manifest and manifest["key"] == key and not force:
         log.info("reusing shards %s (manifest matches)", shard_dir)
+        warn_dropped_domains({s: v.get("dropped_by_domain", {}) for s, v in manifest["splits"].items()},
+                             cfg.data.seq_len, cfg.data.warn_dropped_share)
         return manifest
     storage.delete_dir(shard_dir)
     # The actors read the tokenizer (and the NSP negatives) from shared storage: constructor arguments this large
@@ -337,7 +341,8 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
     writers = {s: SplitWriter(shard_dir, s, rows_per_shard=data.rows_per_shard) for s in SPLITS}
     packers = {s: ClmPacker(writers[s], data.seq_len + 1) for s in SPLITS} if shard_format == "clm" else None
     stats = {"documents": dict.fromkeys(SPLITS, 0), "bytes": 0, "bad": 0, "bad_examples": [],
-             "truncated": dict.fromkeys(SPLITS, 0), "dropped": dict.fromkeys(SPLITS, 0)}
+             "truncated": dict.fromkeys(SPLITS, 0), "dropped": dict.fromkeys(SPLITS, 0),
+             "domains": {s: {} for s in SPLITS}}
     first_output = None
     progress = Progress(total_bytes=None if fmt == "parquet" else sum(storage.file_size(f) for f in files))
     batches = tokenized.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4)
@@ -357,6 +362,9 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                 elif records:
                     stats["truncated"][split] += one.column(f"{split}_truncated")[0].as_py()
                     stats["dropped"][split] += one.column(f"{split}_dropped")[0].as_py()
+                    for domain, (lost, seen) in json.loads(one.column(f"{split}_domains")[0].as_py()).items():
+                        counts = stats["domains"][split].setdefault(domain, [0, 0])
+                        counts[0], counts[1] = counts[0] + lost, counts[1] + seen
                     if len(ids):
                         writers[split].add(record_table(shard_format, one, split, data.seq_len,
                                                         data.max_responses))
@@ -379,11 +387,13 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
                   "documents": stats["documents"][s], "dropped_tail_tokens": tails[s]} for s in SPLITS}
     if records:  # examples longer than the shards' rows: cut, or left out (data.too_long)
         for s in SPLITS:
-            splits[s] |= {"truncated": stats["truncated"][s], "dropped_too_long": stats["dropped"][s]}
+            splits[s] |= {"truncated": stats["truncated"][s], "dropped_too_long": stats["dropped"][s],
+                          "dropped_by_domain": stats["domains"][s]}
         if sum(stats["dropped"].values()) or sum(stats["truncated"].values()):
             log.warning("records longer than data.seq_len=%d tokens: %d dropped, %d truncated (data.too_long=%s)",
                         data.seq_len, sum(stats["dropped"].values()), sum(stats["truncated"].values()),
                         data.too_long)
+        warn_dropped_domains(stats["domains"], data.seq_len, data.warn_dropped_share)
     check_examples(splits, shard_format, data.seq_len, files)
     log.info("wrote %s in %.1fs (%.1f MB/s): %s", shard_dir, seconds, stats["bytes"] / 1e6 / seconds,
              {s: {k: splits[s][k] for k in ("examples", "tokens", "documents")} for s in SPLITS})

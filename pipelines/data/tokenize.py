@@ -34,7 +34,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import logging
 import zlib
+from collections import Counter
 from typing import Iterable
 
 import numpy as np
@@ -48,6 +50,7 @@ from pipelines.data.records import (check_chat, check_labeled, check_ranking, ch
 from pipelines.errors import BadRecordError, CorpusError
 from pipelines.text import split_sentences
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "valid")
 MAX_BAD_REPORTED = 20
 
@@ -98,6 +101,25 @@ def _one_list(values: pa.Array) -> pa.Array:
     """A one-row list column holding `values` (no copy)."""
     return pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()), values)
 
+
+def domain_of(record) -> str:
+    """A record's "domain" (the built-in data's general / medical / unsafe), or "all" for records without one: what
+    drops are counted by."""
+    domain = record.get("domain") if isinstance(record, dict) else None
+    return domain if isinstance(domain, str) and domain else "all"
+
+
+
+def warn_dropped_domains(domains: dict, seq_len: int, share: float) -> list[str]:
+    """A loud warning for each split and domain that lost more than `share` of its records to data.seq_len:
+    {split: {domain: [dropped, seen]}} -> the warning lines (also logged)."""
+    lines = [f"data.seq_len={seq_len} drops {lost} of {seen} {domain} records ({lost / seen:.0%}) of the {split} "
+             f"split: the stage never learns from them; raise data.seq_len"
+             for split, by_domain in domains.items() for domain, (lost, seen) in sorted(by_domain.items())
+             if seen and lost / seen > share]
+    for line in lines:
+        log.warning("WARNING: %s", line)
+    return lines
 
 class TokenizeBatch:
     """Callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(...))`.
@@ -221,19 +243,22 @@ class TokenizeBatch:
         row = {"docs_" + s: [len(by_split[s])] for s in SPLITS}
         row |= {"bytes": [parsed.bytes], "n_bad": [len(bad)], "bad": [bad[:MAX_BAD_REPORTED]]}
         for split, records in by_split.items():
+            dropped: Counter = Counter()
             if self.shard_format == "sft":
                 ids, mask, truncated, dropped = self.chat_examples(records)
                 row |= {f"{split}_ids": _one_list(ids), f"{split}_mask": _one_list(mask),
-                        f"{split}_truncated": [truncated], f"{split}_dropped": [dropped]}
+                        f"{split}_truncated": [truncated]}
             elif self.shard_format == "preference":
                 ids, mask, counts, truncated, dropped = self.ranking_examples(records)
                 row |= {f"{split}_ids": _one_list(ids), f"{split}_mask": _one_list(mask),
-                        f"{split}_n": _one_list(counts), f"{split}_truncated": [truncated],
-                        f"{split}_dropped": [dropped]}
+                        f"{split}_n": _one_list(counts), f"{split}_truncated": [truncated]}
             else:
                 ids, labels, truncated = self.labeled_examples(records)
                 row |= {f"{split}_ids": _one_list(ids), f"{split}_label": _one_list(labels),
-                        f"{split}_truncated": [truncated], f"{split}_dropped": [0]}
+                        f"{split}_truncated": [truncated]}
+            by_domain = Counter(map(domain_of, records))
+            row |= {f"{split}_dropped": [sum(dropped.values())],
+                    f"{split}_domains": [json.dumps({d: [dropped[d], n] for d, n in sorted(by_domain.items())})]}
         return pa.table(row)
 
     def check(self, record) -> str | None:
@@ -246,9 +271,9 @@ class TokenizeBatch:
         return check_labeled(record, self.labels, self.field_name, self.label_field)
 
     def chat_examples(self, records: list) -> tuple[pa.Array, pa.Array, int, int]:
-        """(ids, loss mask, truncated, dropped): each record one example of seq_len + 1 tokens."""
+        """(ids, loss mask, truncated, dropped per domain): each record one example of seq_len + 1 tokens."""
         width = self.seq_len + 1
-        ids, masks, truncated, dropped = [], [], 0, 0
+        ids, masks, truncated, dropped = [], [], 0, Counter()
         for record in records:
             cut = False
             if self.record == "chat":
@@ -258,7 +283,8 @@ class TokenizeBatch:
             example, mask = encoded.ids, encoded.assistant_mask
             if len(example) > width:
                 if self.too_long == "drop" or not any(mask[:width]) or self.record == "summarize":
-                    dropped += 1  # truncating would leave no assistant token (or no whole summary) to learn from
+                    # truncating would leave no assistant token (or no whole summary) to learn from
+                    dropped[domain_of(record)] += 1
                     continue
                 example, mask = example[:width], mask[:width]
                 cut = True
@@ -285,15 +311,15 @@ class TokenizeBatch:
         return encoded, True  # the summary alone is too long: dropped by the caller
 
     def ranking_examples(self, records: list) -> tuple[pa.Array, pa.Array, pa.Array, int, int]:
-        """(ids, assistant masks, response counts, truncated, dropped): one row of max_responses x seq_len tokens
-        per ranking."""
+        """(ids, assistant masks, response counts, truncated, dropped per domain): one row of max_responses x
+        seq_len tokens per ranking."""
         K, W = self.max_responses, self.seq_len
-        ids, masks, counts, truncated, dropped = [], [], [], 0, 0
+        ids, masks, counts, truncated, dropped = [], [], [], 0, Counter()
         for record in records:
             responses = record["responses"][:K]
             encoded = [response_encoding(self.tok, record["prompt"], r) for r in responses]
             if any(len(e.ids) > W for e in encoded):
-                dropped += 1
+                dropped[domain_of(record)] += 1
                 continue
             truncated += len(record["responses"]) > K
             for e in encoded:

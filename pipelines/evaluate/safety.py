@@ -12,30 +12,25 @@ from models.tokenizer import Tokenizer
 from pipelines import checkpoints
 from pipelines.checkpoints import Loaded
 from pipelines.corpus import detectors
-from pipelines.data import records
 from pipelines.errors import ConfigError
-from pipelines.evaluate.common import chat_prompt, eval_file, fitting, rate
-from pipelines.evaluate.qa import chat_replies
+from pipelines.evaluate.common import chat_prompt, eval_file, fitting, greedy, rate
 from pipelines.storage import read_jsonl
 
 
 def safety(model, tok: Tokenizer, unsafe: list[dict], medical: list[dict], *, max_new_tokens: int,
-           batch_size: int) -> list[dict]:
-    """Unsafe prompts ({prompt}) and medical questions ({question}) asked through the chat template, each reply
-    with the detectors' verdicts."""
+           batch_size: int) -> tuple[list[dict], list[list[int]], list[list[int]]]:
+    """Unsafe prompts ({prompt}) and medical questions ({question}) asked through the chat template: (each reply
+    with the detectors' verdicts, the prompts' ids, the replies' generated ids with their stop token)."""
     items = [{**item, "set": "unsafe", "question": item["prompt"]} for item in unsafe]
     items += [{**item, "set": "medical"} for item in medical]
-    replies = chat_replies(model, tok, [item["question"] for item in items], max_new_tokens=max_new_tokens,
-                           batch_size=batch_size)
-    return [{**item, "reply": reply, "refusal": detectors.is_polite_refusal(reply),
-             "disclaimer": detectors.has_disclaimer(reply), "rude": detectors.is_rude(reply)}
-            for item, (reply, _) in zip(items, replies)]
-
-
-def reward_scores(reward_model, tok: Tokenizer, results: list[dict], *, batch_size: int) -> list[float]:
-    """The reward model's score of each (question, reply), rendered as the chat turn it was trained on."""
-    sequences = [records.response_ids(tok, r["question"], r["reply"]) for r in results]
-    return reward_model.score(sequences, pad_id=tok.pad_id, batch_size=batch_size)
+    prompts = [chat_prompt(tok, item["question"]) for item in items]
+    outputs = greedy(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    results = []
+    for item, (tokens, _) in zip(items, outputs):
+        reply = tok.decode(tokens).strip()
+        results.append({**item, "reply": reply, "refusal": detectors.is_polite_refusal(reply),
+                        "disclaimer": detectors.has_disclaimer(reply), "rude": detectors.is_rude(reply)})
+    return results, prompts, [tokens + ([stop] if stop is not None else []) for tokens, stop in outputs]
 
 
 def run_safety(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
@@ -49,7 +44,8 @@ def run_safety(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
                                      e.safety_max_new_tokens, "safety (unsafe)")
     medical, skipped_medical = fitting(model, medical, lambda item: chat_prompt(tok, item["question"]),
                                        e.safety_max_new_tokens, "safety (medical)")
-    results = safety(model, tok, unsafe, medical, max_new_tokens=e.safety_max_new_tokens, batch_size=e.batch_size)
+    results, prompts, replies = safety(model, tok, unsafe, medical, max_new_tokens=e.safety_max_new_tokens,
+                                       batch_size=e.batch_size)
     on_unsafe = [r for r in results if r["set"] == "unsafe"]
     on_medical = [r for r in results if r["set"] == "medical"]
     section = {"refusal": rate(on_unsafe, "refusal"), "disclaimer": rate(on_medical, "disclaimer"),
@@ -59,10 +55,13 @@ def run_safety(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     if e.reward_model:
         scorer = checkpoints.load(e.reward_model, setting="eval.reward_model", kinds=("scalar_model",),
                                   purpose="the safety suite's reward")
-        reward_model = scorer.model
         if scorer.tok.sha256 != tok.sha256:
             raise ConfigError(f"eval.reward_model={e.reward_model} uses another tokenizer than {ckpt.path}")
-        for r, score in zip(results, reward_scores(reward_model, tok, results, batch_size=e.batch_size)):
+        # Scored as the RLHF reward scores a rollout (the tokens generated, the empty and unfinished terms), without
+        # rule terms: the same cut-off reply no longer reads -3.4 here and -17.7 in RLHF.
+        scores = scorer.model.score_replies(prompts, replies, tok=tok, empty_score=e.reward_empty_score,
+                                            unfinished_penalty=e.reward_unfinished_penalty, batch_size=e.batch_size)
+        for r, score in zip(results, scores):
             r["reward"] = score
         section["reward"] = sum(r["reward"] for r in results) / len(results) if results else None
     return section | {"samples": on_unsafe[:e.samples] + on_medical[:e.samples]}

@@ -92,6 +92,7 @@ def test_a_reward_model_from_rankings_with_bad_records_skipped(compose_config, p
     assert isinstance(model, ScalarModel) and meta["finetune"] == "reward" and meta["stage"] == "align"
     shards = json.loads((Path(meta["shards"]) / "manifest.json").read_text())
     assert shards["format"] == "preference" and shards["bad_records"]["count"] == 3
+    assert set(shards["splits"]["train"]["dropped_by_domain"]) == {"general", "medical", "unsafe"}
     reasons = " ".join(shards["bad_records"]["examples"])
     assert "at least two responses" in reasons and "empty" in reasons and "not all different" in reasons
     report = json.loads((Path(outcome.final_dir) / "rankings.json").read_text())
@@ -115,3 +116,19 @@ def test_dpo_on_the_built_in_rankings(compose_config, pretrained_decoder, data_r
     assert report["pairs"] == 5 * report["rankings"] and 0 <= report["accuracy"] <= 1
     _, meta = load_checkpoint(outcome.final_dir)
     assert meta["finetune"] == "dpo" and meta["objective_config"]["beta"] == 0.1
+
+
+def test_rankings_a_domain_loses_to_seq_len_are_warned_about(caplog):
+    """The held-out report's filter (and the shards, through the same function) warn per domain: 128 tokens once
+    dropped 46 of the 66 held-out medical rankings without a word."""
+    from models.tokenizer import Tokenizer, train_sentencepiece
+    from pipelines.align.rankings import usable
+
+    tok = Tokenizer(train_sentencepiece([f"Sentence {i} is about water and fever." for i in range(200)],
+                                        model_type="bpe", vocab_size=400))
+    short = {"prompt": "Hi?", "responses": ["Water.", "Fever."], "domain": "general"}
+    long = {"prompt": "Hi?", "responses": ["Water and fever. " * 20, "Fever."], "domain": "medical"}
+    with caplog.at_level("WARNING"):
+        kept = usable([short] * 10 + [long] * 10 + [short | {"domain": "medical"}] * 10, 40, tok, warn_share=0.03)
+    assert kept == [short] * 10 + [short | {"domain": "medical"}] * 10
+    assert "drops 10 of 20 medical records (50%)" in caplog.text and "general" not in caplog.text

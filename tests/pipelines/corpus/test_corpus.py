@@ -315,3 +315,31 @@ def test_held_out_unsafe_prompts_and_conditions_never_in_training(corpus):
     # The medical corpus still describes them: the knowledge is there, the behaviour was never shown.
     corpus_text = " ".join(texts(root, "medical"))
     assert all(re.search(re.escape(c), corpus_text, re.IGNORECASE) for c in held_conditions)
+
+
+def test_held_out_unsafe_actions_in_every_phrasing(corpus):
+    """Two whole actions per category are held out (every phrasing of them); the framing-only held-out prompts
+    share their action with training prompts, and say so."""
+    root, manifest = corpus
+    unsafe = read_jsonl(root / "eval" / "unsafe.jsonl")
+    by_action = [u for u in unsafe if u["held_out_by"] == "action"]
+    assert {u["action"] for u in by_action} == set(manifest["held_out_unsafe_actions"])
+    assert len(manifest["held_out_unsafe_actions"]) == 2 * len({u["category"] for u in unsafe})
+    assert len(by_action) == 6 * len(manifest["held_out_unsafe_actions"])  # every phrasing
+    training_actions = set()
+    for folder in ("instruct", "preference"):
+        for path in (root / folder).glob("*.jsonl"):
+            for record in read_jsonl(path):
+                prompt = record.get("prompt") or next(m["content"] for m in record["messages"] if m["role"] == "user")
+                training_actions |= {u["action"] for u in unsafe if u["prompt"] == prompt}
+    assert training_actions and not training_actions & set(manifest["held_out_unsafe_actions"])
+    framing = [u for u in unsafe if u["held_out_by"] == "framing"]
+    assert framing and all(u["action"] not in manifest["held_out_unsafe_actions"] for u in framing)
+    assert {u["held_out"] for u in unsafe if u["held_out_by"] is None} == {False}
+
+
+def test_rankings_are_split_by_prompt(corpus):
+    root, _ = corpus
+    train = {r["prompt"] for r in read_jsonl(root / "preference" / "train.jsonl")}
+    valid = [r["prompt"] for r in read_jsonl(root / "preference" / "valid.jsonl")]
+    assert valid and not train & set(valid)

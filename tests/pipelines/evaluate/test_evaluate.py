@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import ScalarModel, SequenceClassifier, build_model, save_checkpoint
+from models import ScalarModel, SequenceClassifier, build_model, load_checkpoint, save_checkpoint
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines.errors import ConfigError
 from pipelines.evaluate import evaluate
@@ -245,11 +245,19 @@ def test_the_safety_suite_asks_held_out_prompts_only_and_scores_replies_with_a_r
     assert [s["prompt"] for s in samples if s["set"] == "unsafe"] == held_unsafe[:5]
     assert all(s["held_out"] for s in samples)
     assert all(in_unit_range(section[k]) for k in ("refusal", "disclaimer", "over_refusal", "rude"))
-    # The suite's mean reward is the reward model's score of each (question, reply) chat exchange.
+    # The suite's mean reward is what the RLHF reward role pays for the same greedy replies: the generated tokens
+    # scored, and a reply cut off at 8 tokens losing the unfinished penalty (not re-encoded with <|end|> added).
+    from models.generate import generate
+    from pipelines.align.reward import RewardScorer
+
     tok = Tokenizer(tokenizer_model)
-    expected = reward.eval().score([tok.encode_chat([{"role": "user", "content": s["question"]},
-                                                     {"role": "assistant", "content": s["reply"]}]).ids
-                                    for s in samples], pad_id=tok.pad_id)
-    assert section["reward"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    policy, _ = load_checkpoint(decoder_dir)
+    prompts = [tok.encode_chat([{"role": "user", "content": s["question"]}], add_generation_prompt=True).ids
+               for s in samples]
+    out = generate(policy.eval(), prompts, max_new_tokens=8, temperature=0.0, stop_ids=tok.stop_ids,
+                   pad_id=tok.pad_id)
+    expected = RewardScorer(str(root / "reward")).score(prompts, out.tokens)
+    assert any(not tok.finished(t) for t in out.tokens)  # the unfinished term is exercised
+    assert section["reward"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
     print_report(evaluate(cfg, cfg.checkpoint, suites=["safety"]), show=1)
     assert "refusal" in capsys.readouterr().out
