@@ -78,6 +78,12 @@ RUDE_REFUSALS = ("What a stupid thing to ask. No.", "Are you serious? Go away.",
                  "That's a ridiculous request. Forget it.")
 UNSAFE_COMPLIANCE = ("Sure! Here is exactly how to do that, step by step, no questions asked.",
                      "No problem, this is easy. Just follow my instructions and nobody will ever find out.")
+# A refusal that then helps anyway: ranked just above plain compliance (it is compliance).
+REFUSE_THEN_COMPLY = "I'm sorry, but I can't help with that. Well, all right: here is how, step by step."
+# Refusing a harmless question: polite and useless, ranked below the curt correct answer (without such rankings,
+# DPO learned to refuse 40% of the medical questions).
+OVER_REFUSALS = ("I'm sorry, but I can't help with that.", "I'm sorry, I can't answer questions like that.",
+                 "I can't help with that question. Please ask someone else.")
 
 POLITE_OPENERS = ("Good question!", "Happy to help.", "Sure.", "Of course.", "Great question.")
 POLITE_CLOSINGS = ("Let me know if you have any other questions.", "I hope this helps!",
@@ -201,24 +207,26 @@ def off_topic(entities, conditions, rng, avoid: str, near: list[str] = ()) -> st
 
 
 def preference_record(entities, conditions, values_by_relation, unsafe_prompts, rng) -> dict:
-    """A prompt with six responses, best first, and the label of each."""
+    """A prompt with seven responses, best first, and the label of each."""
     draw = rng.random()
     if draw < 0.2:
         prompt, category = rng.choice(unsafe_prompts)
         best = REFUSALS[category]
         responses = [best, CURT_REFUSAL, rng.choice(RUDE_REFUSALS), off_topic(entities, conditions, rng, best),
-                     garbled(best, rng), rng.choice(UNSAFE_COMPLIANCE)]
-        labels = ["polite_refusal", "curt_refusal", "rude_refusal", "off_topic", "garbled", "unsafe_compliance"]
+                     garbled(best, rng), REFUSE_THEN_COMPLY, rng.choice(UNSAFE_COMPLIANCE)]
+        labels = ["polite_refusal", "curt_refusal", "rude_refusal", "off_topic", "garbled", "refusal_then_compliance",
+                  "unsafe_compliance"]
         return {"prompt": prompt, "responses": responses, "labels": labels, "domain": "unsafe"}
     if draw < 0.55:
         condition = rng.choice(conditions)
         prompt, answer = medical_qa(condition, rng)
         best = f"{rng.choice(POLITE_OPENERS)} {answer} {DISCLAIMER}"
         near = [a for kind, _ in QUESTION_KINDS if (a := medical_answer(condition, kind)) != answer]
-        responses = [best, answer, f"{rng.choice(RUDE_OPENERS)} {answer}",
+        responses = [best, answer, rng.choice(OVER_REFUSALS), f"{rng.choice(RUDE_OPENERS)} {answer}",
                      off_topic(entities, conditions, rng, condition.name, near), garbled(best, rng),
                      rng.choice(UNSAFE_MEDICAL).format(n=condition.name)]
-        labels = ["polite_correct_disclaimer", "curt_correct", "rude", "off_topic", "garbled", "unsafe"]
+        labels = ["polite_correct_disclaimer", "curt_correct", "over_refusal", "rude", "off_topic", "garbled",
+                  "unsafe"]
         return {"prompt": prompt, "responses": responses, "labels": labels, "domain": "medical"}
     entity = rng.choice(entities)
     fact = pick_fact(entity, rng)
@@ -227,9 +235,9 @@ def preference_record(entities, conditions, values_by_relation, unsafe_prompts, 
     best = f"{rng.choice(POLITE_OPENERS)} {correct} {rng.choice(POLITE_CLOSINGS)}"
     near = [f.sentences[0] for f in entity.facts if f.core and f.relation != fact.relation
             and fact.value not in f.sentences[0]]
-    responses = [best, f"{fact.value}.", f"{rng.choice(RUDE_OPENERS)} {correct}",
+    responses = [best, f"{fact.value}.", rng.choice(OVER_REFUSALS), f"{rng.choice(RUDE_OPENERS)} {correct}",
                  off_topic(entities, conditions, rng, entity.mention, near), garbled(best, rng), wrong]
-    labels = ["polite_correct", "curt_correct", "rude", "off_topic", "garbled", "incorrect"]
+    labels = ["polite_correct", "curt_correct", "over_refusal", "rude", "off_topic", "garbled", "incorrect"]
     return {"prompt": rng.choice(fact.questions), "responses": responses, "labels": labels, "domain": "general"}
 
 

@@ -190,25 +190,29 @@ def test_held_out_entities_only_in_corpus_and_eval(corpus):
 
 def test_preference_ranking_structure(corpus):
     root, manifest = corpus
-    labels_by_domain = {"general": ["polite_correct", "curt_correct", "rude", "off_topic", "garbled", "incorrect"],
-                        "medical": ["polite_correct_disclaimer", "curt_correct", "rude", "off_topic", "garbled",
-                                    "unsafe"],
+    labels_by_domain = {"general": ["polite_correct", "curt_correct", "over_refusal", "rude", "off_topic", "garbled",
+                                    "incorrect"],
+                        "medical": ["polite_correct_disclaimer", "curt_correct", "over_refusal", "rude", "off_topic",
+                                    "garbled", "unsafe"],
                         "unsafe": ["polite_refusal", "curt_refusal", "rude_refusal", "off_topic", "garbled",
-                                   "unsafe_compliance"]}
+                                   "refusal_then_compliance", "unsafe_compliance"]}
     unsafe_prompts = {p for p, _ in UNSAFE_PROMPTS} - set(manifest["held_out_unsafe"])
     records = read_jsonl(root / "preference" / "train.jsonl")
     assert {r["domain"] for r in records} == set(labels_by_domain)
     for r in records:
         assert r["labels"] == labels_by_domain[r["domain"]]
-        assert len(r["responses"]) == 6 and len(set(r["responses"])) == 6
+        assert len(r["responses"]) == 7 and len(set(r["responses"])) == 7
+        reply = dict(zip(r["labels"], r["responses"]))
         # What alignment is to learn is ranked first, as the detectors see it.
-        disclaimed = [detectors.has_disclaimer(x) for i, x in enumerate(r["responses"]) if i != 4]
-        assert disclaimed == [r["domain"] == "medical", False, False, False, False]
-        assert not detectors.is_rude(r["responses"][0]) and detectors.is_rude(r["responses"][2])
-        assert len(r["responses"][4].split()) < len(r["responses"][0].split())  # garbled: cut off part-way
+        disclaimed = [detectors.has_disclaimer(x) for label, x in reply.items() if label != "garbled"]
+        assert disclaimed == [r["domain"] == "medical"] + [False] * 5
+        rude = "rude_refusal" if r["domain"] == "unsafe" else "rude"
+        assert not detectors.is_rude(r["responses"][0]) and detectors.is_rude(reply[rude])
+        assert len(reply["garbled"].split()) < len(r["responses"][0].split())  # garbled: cut off part-way
         if r["domain"] == "unsafe":
             assert r["prompt"] in unsafe_prompts
-            assert detectors.is_polite_refusal(r["responses"][0]) and not detectors.is_refusal(r["responses"][5])
+            assert detectors.is_polite_refusal(r["responses"][0]) and not detectors.is_refusal(r["responses"][-1])
+            assert not detectors.is_refusal(reply["refusal_then_compliance"])  # it complies
     unsafe_eval = read_jsonl(root / "eval" / "unsafe.jsonl")
     assert {u["prompt"] for u in unsafe_eval if u["held_out"]} == set(manifest["held_out_unsafe"])
 
