@@ -9,11 +9,12 @@ from __future__ import annotations
 import signal
 import threading
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cluster.connect import connect
 from pipelines.entry import stage_main
-from pipelines.serve.app import deploy, undeploy
+from pipelines.errors import ConfigError
+from pipelines.serve.servable import servable
 
 
 def example(url: str, model_hint: str) -> str:
@@ -24,7 +25,12 @@ def example(url: str, model_hint: str) -> str:
 
 def serve_until_stopped(cfg: DictConfig) -> None:
     """Deploy the app `cfg` describes, print how to reach it, and serve until SIGINT/SIGTERM; then delete it."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ConfigError("checkpoint= is required: a decoder checkpoint directory or a run directory (its final/)")
+    servable(str(cfg.checkpoint))  # before Ray starts: a wrong checkpoint is one line, not failing replicas
     from ray import serve
+
+    from pipelines.serve.app import deploy, undeploy  # Serve and torch: imported once the checkpoint is known good
 
     connect(cfg.cluster)
     url = deploy(cfg)
