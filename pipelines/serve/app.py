@@ -74,11 +74,10 @@ async def _server_error(request: Request, error: Exception):
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def request_id_of(request: Request, prefix: str = "req") -> str:
-    """The id this request's log lines and error messages carry (a generation's id is its reply's id)."""
-    if not getattr(request.state, "request_id", None):
-        request.state.request_id = protocol.new_id(prefix)
-    return request.state.request_id
+def request_id_of(request: Request) -> str:
+    """Serve's id of this request: its proxy puts it in the `x-request-id` header (a client may send its own),
+    answers with it in the `X-Request-ID` header and prints it on the replica's log lines."""
+    return request.headers.get("x-request-id", "")[:128] or protocol.new_id("req")
 
 
 def load(checkpoint: str):
@@ -216,7 +215,6 @@ class ChatServer:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        request_id = request_id_of(request, "chatcmpl")
         self._authorize(request)
         body = protocol.parse_json(await self._body(request))
         model = protocol.model_name(body, self.name)
@@ -224,13 +222,12 @@ class ChatServer:
         sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap,
                                      max_stop_chars=self.limits["max_stop_chars"])
         prompt, dropped, budget = await asyncio.to_thread(self._fit_chat, messages, sampling.max_tokens)
-        reply = protocol.Reply(request_id, model, chat=True)
-        return await self._respond(reply, prompt, sampling, budget, stop_ids=(self.tok.end_id,),
+        reply = protocol.Reply(protocol.new_id("chatcmpl"), model, chat=True)
+        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=(self.tok.end_id,),
                                    headers={"X-Context-Dropped-Messages": str(dropped)})
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
-        request_id = request_id_of(request, "cmpl")
         self._authorize(request)
         body = protocol.parse_json(await self._body(request))
         model = protocol.model_name(body, self.name)
@@ -243,8 +240,8 @@ class ChatServer:
                                f"prompt takes {len(prompt)} tokens and the reply needs at least {want}",
                                param="prompt", code="context_length_exceeded")
         budget = sampling.max_tokens or min(self.default_max_tokens, self.context - len(prompt))
-        reply = protocol.Reply(request_id, model, chat=False)
-        return await self._respond(reply, prompt, sampling, budget, stop_ids=(self.tok.eos_id, self.tok.end_id))
+        reply = protocol.Reply(protocol.new_id("cmpl"), model, chat=False)
+        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=(self.tok.eos_id, self.tok.end_id))
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -304,18 +301,18 @@ class ChatServer:
                 if attempt == 2:
                     raise APIError(503, f"No model replica could take the request (request id {request_id}); retry",
                                    type="server_error", code="unavailable",
-                                   headers={"Retry-After": "1", "X-Request-Id": request_id}) from None
+                                   headers={"Retry-After": "1"}) from None
             except Exception:  # noqa: BLE001 - the replica refused what the ingress let through: a bug of ours
                 log.exception("request %s: the model replica refused it", request_id)
                 raise protocol.internal(request_id) from None
 
-    async def _respond(self, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling, budget: int, *,
+    async def _respond(self, request: Request, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling, budget: int, *,
                        stop_ids: tuple[int, ...], headers: dict | None = None):
         from pipelines.serve.stream import TextStream
 
         params = {"max_new_tokens": budget, "temperature": sampling.temperature, "top_p": sampling.top_p,
                   "seed": sampling.seed, "stop_ids": stop_ids}
-        request_id = reply.id
+        request_id = request_id_of(request)
         stream = await self._start(request_id, prompt, params)
         text = TextStream(self.tok.decode, stop=sampling.stop, skip_ids=stop_ids)
 
@@ -343,7 +340,7 @@ class ChatServer:
                 log.exception("request %s: the model replica serving it failed mid-reply", request_id)
                 raise APIError(503, f"The model replica serving this reply failed (request id {request_id}); retry",
                                type="server_error", code="unavailable",
-                               headers={"Retry-After": "1", "X-Request-Id": request_id}) from None
+                               headers={"Retry-After": "1"}) from None
 
         if not sampling.stream:
             try:

@@ -40,8 +40,7 @@ def internal(request_id: str) -> APIError:
     """The answer to a failure inside the server: a generic message naming the request id under which the cause
     was logged (never the exception's text: it can hold tracebacks, process ids, addresses and paths)."""
     return APIError(500, f"The server had an error while processing your request (request id {request_id}); "
-                         f"its log has the details", type="server_error", code="internal_error",
-                    headers={"X-Request-Id": request_id})
+                         f"its log has the details", type="server_error", code="internal_error")
 
 
 def parse_json(raw: bytes) -> dict:
