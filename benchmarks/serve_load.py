@@ -121,10 +121,10 @@ async def level(url: str, clients: int, requests_per_client: int, max_tokens: in
 
 def engine_alone(path: str, clients: int, max_tokens: int, device: str) -> float:
     """Generated tokens/s with `clients` requests decoding together in the engine (no HTTP, no Serve)."""
-    from pipelines.serve.app import load
+    from pipelines import checkpoints
 
-    model, tok, _ = load(path)
-    model = model.to(device)
+    loaded = checkpoints.load(path, kinds=("decoder",), purpose="the engine benchmark", device=device)
+    model, tok = loaded.model, loaded.tok
     prompts = [tok.encode_chat([{"role": "user", "content": q}], add_generation_prompt=True).ids for q in QUESTIONS]
 
     async def run():

@@ -102,6 +102,18 @@ class Tokenizer:
         return i
 
     @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The one stop rule of generated text — in evaluation, serving, RLHF rollouts and reward scoring alike: it
+        ends at <|end|> (the end of a chat turn) or at eos (the end of a document, which is how a pre-trained model
+        that never saw a chat turn ends one)."""
+        return (self.end_id, EOS)
+
+    def finished(self, generated: Sequence[int]) -> bool:
+        """Whether `generated` ended by the stop rule (its last token is a stop id), not by running into a token
+        cap: an unfinished reply."""
+        return bool(generated) and generated[-1] in self.stop_ids
+
+    @property
     def special_ids(self) -> dict[str, int]:
         return {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS, "mask": self.mask_id, "cls": self.cls_id,
                 "sep": self.sep_id, "end": self.end_id, **self.role_ids}

@@ -26,13 +26,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cluster.connect import connect
 from models.tokenizer import Tokenizer
-from pipelines import storage
+from pipelines import checkpoints, storage
 from pipelines.data.build import check_data_config, prepare_shards, record_labels
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
 from pipelines.errors import CheckpointError, ConfigError, MissingPathError
 from pipelines.train.driver import (TrainOutcome, check_config, check_worker_resources, fit, preflight,
-                                    print_summary, resolve_init_from, run_directory)
+                                    print_summary, run_directory)
 
 log = logging.getLogger(__name__)
 # The model kind each kind of fine-tuning starts from.
@@ -107,7 +107,7 @@ def plan(cfg: DictConfig, stage: str = "finetune") -> Plan:
     source = storage.absolute(cfg.init_from)
     if not storage.exists(source):
         raise MissingPathError(f"init_from={cfg.init_from} does not exist")
-    path = convert_hf(cfg, source, stage) if is_hf_llama(source) else resolve_init_from(source)
+    path = convert_hf(cfg, source, stage) if is_hf_llama(source) else checkpoints.resolve(source, "init_from")
     saved = storage.read_json(storage.join(path, "config.json"))
     wanted = KINDS[kind]
     head, init_into, base_kind = None, "base", saved["kind"]
@@ -180,7 +180,7 @@ def replay_shards(cfg: DictConfig, init_from: str, tokenizer_sha256: str) -> dic
         raise ConfigError(f"finetune.replay={share}: a share in (0, 1) of pre-training text mixed into fine-tuning "
                           f"(finetune=instruct, summarize or domain); set 0 for finetune={cfg.finetune.kind}")
     given = cfg.finetune.get("replay_from")
-    source = resolve_init_from(given, setting="finetune.replay_from") if given else init_from
+    source = checkpoints.resolve(given, "finetune.replay_from") if given else init_from
     meta_file = storage.join(source, "meta.json")
     where = storage.read_json(meta_file).get("shards") if storage.exists(meta_file) else None
     manifest = read_manifest(where) if where else None

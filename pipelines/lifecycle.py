@@ -42,14 +42,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipelines import storage
 from pipelines.align.stage import align
+from pipelines.checkpoints import FINAL
 from pipelines.entry import stage_main
 from pipelines.errors import ConfigError, UserError
 from pipelines.evaluate import EVAL_FILE, evaluate
-from pipelines.eval_report import print_report
+from pipelines.evaluate.report import print_report
 from pipelines.finetune import finetune
 from pipelines.pretrain import pretrain
 from pipelines.report import cell_text, write_report
-from pipelines.train.driver import FINAL, TrainOutcome, print_summary, run_directory
+from pipelines.train.driver import TrainOutcome, print_summary, run_directory
 
 log = logging.getLogger(__name__)
 

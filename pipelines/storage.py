@@ -158,3 +158,10 @@ def upload_dir(local: str, target: str) -> None:
     fs, p = filesystem(target)
     fs.create_dir(p, recursive=True)
     pafs.copy_files(local, p, destination_filesystem=fs)
+
+
+def read_jsonl(path: str, limit: int | None = None) -> list[dict]:
+    """The JSON objects of a jsonl file (local or URI), blank lines skipped; the first `limit` when given."""
+    lines = read_bytes(path).decode().splitlines()
+    items = [json.loads(line) for line in lines if line.strip()]
+    return items[:limit] if limit else items

@@ -37,9 +37,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cluster.connect import connect
 from pipelines import storage
+from pipelines.checkpoints import FINAL
 from pipelines.entry import stage_main
 from pipelines.errors import ConfigError
-from pipelines.train.driver import FINAL
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What the RLHF roles share: loading a checkpoint onto an actor's device, and laying a batch of (prompt, response)
+"""What the RLHF roles share: loading a checkpoint onto an actor's device (through pipelines.checkpoints), and laying a batch of (prompt, response)
 pairs out as tensors.
 
 Layout: a sample is its prompt's token ids followed by the response's sampled tokens. `layout` right-pads the
@@ -10,15 +10,12 @@ response-aligned lists (log-probs, advantages) are placed there; `response_view`
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 import torch
 
-from models import load_checkpoint
-from models.tokenizer import Tokenizer
-from pipelines import storage
+from pipelines import checkpoints
 
 
 def pick_device(num_gpus: float) -> torch.device:
@@ -26,13 +23,12 @@ def pick_device(num_gpus: float) -> torch.device:
 
 
 def load_role_model(checkpoint: str, device: torch.device, torch_threads: int | None):
-    """(model in eval mode on `device`, its tokenizer, meta) from a checkpoint directory (local or URI)."""
+    """(model in eval mode on `device`, its tokenizer, meta) from a checkpoint directory (local or URI), with the
+    actor's torch threads set first."""
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    with storage.local_dir(checkpoint) as path:
-        model, meta = load_checkpoint(path)
-        tok = Tokenizer(storage.read_bytes(os.path.join(path, "tokenizer.model")))
-    return model.to(device).eval(), tok, meta
+    loaded = checkpoints.load(checkpoint, device=device)
+    return loaded.model, loaded.tok, loaded.meta
 
 
 def numpy_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:

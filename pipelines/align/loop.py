@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cluster.connect import connect
 from models.tokenizer import Tokenizer
-from pipelines import storage
+from pipelines import checkpoints, storage
 from pipelines.align.algorithms import (AdaptiveKLController, gae, group_advantages, kl_k1, masked_mean,
                                         masked_whiten, token_rewards)
 from pipelines.align.batch import padded
@@ -52,7 +52,7 @@ from pipelines.align.reference import ReferenceActor
 from pipelines.align.reward import RewardActor
 from pipelines.align.rollout import RolloutActor
 from pipelines.errors import CheckpointError, ConfigError, RunFinishedError, UserError
-from pipelines.train.driver import TrainOutcome, resolve_init_from, run_directory
+from pipelines.train.driver import TrainOutcome, run_directory
 
 log = logging.getLogger(__name__)
 LOOP_STATE = "loop.json"
@@ -319,17 +319,12 @@ def check(cfg: DictConfig) -> tuple[str, str, Tokenizer]:
         raise ConfigError(f"algorithm={a} needs init_from= (the instruction-tuned run)")
     if OmegaConf.is_missing(cfg.align, "reward_model") or not cfg.align.reward_model:
         raise ConfigError(f"algorithm={a} needs align.reward_model= (a run of algorithm=reward)")
-    init_from = resolve_init_from(cfg.init_from)
-    reward_model = resolve_init_from(cfg.align.reward_model, setting="align.reward_model")
-    policy_spec = storage.read_json(storage.join(init_from, "config.json"))
-    reward_spec = storage.read_json(storage.join(reward_model, "config.json"))
-    if policy_spec["kind"] != "decoder":
-        raise CheckpointError(f"init_from={init_from} holds a {policy_spec['kind']}, RLHF trains a decoder")
-    if reward_spec["kind"] != "scalar_model":
-        raise CheckpointError(f"align.reward_model={reward_model} holds a {reward_spec['kind']}, not a reward model "
-                              f"(train one with algorithm=reward)")
-    tok = Tokenizer(storage.read_bytes(storage.join(init_from, "tokenizer.model")))
-    if Tokenizer(storage.read_bytes(storage.join(reward_model, "tokenizer.model"))).sha256 != tok.sha256:
+    init_from, policy_spec = checkpoints.check(cfg.init_from, setting="init_from", kinds=("decoder",),
+                                               purpose="RLHF")
+    reward_model, _ = checkpoints.check(cfg.align.reward_model, setting="align.reward_model", kinds=("scalar_model",),
+                                        purpose="the RLHF reward (train one with algorithm=reward)")
+    tok = checkpoints.read_tokenizer(init_from)
+    if checkpoints.read_tokenizer(reward_model, setting="align.reward_model").sha256 != tok.sha256:
         raise CheckpointError(f"align.reward_model={reward_model} uses another tokenizer than init_from={init_from}")
     room = cfg.align.max_prompt_tokens + cfg.align.max_new_tokens
     if room > policy_spec["config"]["max_seq_len"]:

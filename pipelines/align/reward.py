@@ -1,12 +1,12 @@
-"""The reward role: the trained reward model (`align.reward_model`, a ScalarModel checkpoint from
-`algorithm=reward`) scoring (prompt, response) samples. `RewardScorer` works in-process; `RewardActor` hosts it.
-A sample is scored as the token sequence the policy produced (prompt, then response up to and including <|end|>),
-the same chat exchange the reward model was trained on. Two rule-based terms guard against the replies a reward
-model never saw ranked, which a policy otherwise learns to exploit: an empty reply scores `empty_score`, and a reply
-cut off by the token cap (no <|end|>) loses `unfinished_penalty` (TRL's missing-EOS penalty). Optional rule terms
-(`rules`, weights; 0 = off) use the detectors (pipelines/corpus/detectors.py) and the prompt's domain when the
-prompts carry one: + `refusal` for a polite refusal of an unsafe prompt and - `refusal` for refusing any other,
-+ `disclaimer` for the disclaimer on a medical answer, - `rude` for a rude reply."""
+"""The reward role: the trained reward model (`align.reward_model`, a ScalarModel checkpoint from `algorithm=reward`)
+scoring (prompt, response) samples. `RewardScorer` works in-process; `RewardActor` hosts it. A sample is scored as
+the token sequence the policy produced (prompt, then response up to and including its stop token), the same chat
+exchange the reward model was trained on. Two rule-based terms guard against the replies a reward model never saw
+ranked, which a policy otherwise learns to exploit: an empty reply scores `empty_score`, and a reply cut off by the
+token cap (not ended by the stop rule, `Tokenizer.finished`) loses `unfinished_penalty` (TRL's missing-EOS penalty).
+Optional rule terms (`rules`, weights; 0 = off) use the detectors (pipelines/corpus/detectors.py) and the prompt's
+domain when the prompts carry one: + `refusal` for a polite refusal of an unsafe prompt and - `refusal` for refusing
+any other, + `disclaimer` for the disclaimer on a medical answer, - `rude` for a rude reply."""
 
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ class RewardScorer:
               domains: list[str | None] | None = None) -> list[float]:
         scores = self.model.score([p + r for p, r in zip(prompts, responses)], pad_id=self.tok.pad_id,
                                   batch_size=self.batch_size)
-        end = self.tok.end_id
+        stops = self.tok.stop_ids
         for i, r in enumerate(responses):
-            text = self.tok.decode([t for t in r if t != end])
+            text = self.tok.decode([t for t in r if t not in stops])
             if not text.strip():
                 scores[i] = self.empty_score
                 continue
-            if r[-1] != end:
+            if not self.tok.finished(r):
                 scores[i] -= self.unfinished_penalty
             scores[i] += self.rule_terms(text, domains[i] if domains else None)
         return scores

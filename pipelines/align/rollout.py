@@ -40,10 +40,11 @@ class Rollout:
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int) -> dict:
-        """Sample one response per prompt, ending at <|end|> or max_new_tokens."""
+        """Sample one response per prompt, ending by the stop rule (<|end|> or eos, `Tokenizer.stop_ids`) or at
+        max_new_tokens."""
         start = time.perf_counter()
         out = generate(self.model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                       stop_ids=[self.tok.end_id], pad_id=self.tok.pad_id, seed=seed)
+                       stop_ids=self.tok.stop_ids, pad_id=self.tok.pad_id, seed=seed)
         return {"tokens": out.tokens, "logprobs": out.logprobs, "finish_reasons": out.finish_reasons,
                 "version": self.version, "seconds": time.perf_counter() - start}
 

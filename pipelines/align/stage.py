@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from models import load_checkpoint
-from models.tokenizer import Tokenizer
-from pipelines import storage
+from pipelines import checkpoints, storage
 from pipelines.align.rankings import dpo_report, reward_report, usable
 from pipelines.errors import ConfigError, MissingPathError
 from pipelines.finetune import finetune
@@ -33,12 +31,9 @@ def rankings_file(cfg: DictConfig) -> str:
 
 def report_rankings(cfg: DictConfig, outcome: TrainOutcome) -> dict:
     """The held-out ranking report of a reward model or DPO policy, printed and written as rankings.json."""
-    from pipelines.evaluate import read_jsonl
-
-    with storage.local_dir(outcome.final_dir) as path:
-        model, meta = load_checkpoint(path)
-        tok = Tokenizer(storage.read_bytes(storage.join(path, "tokenizer.model")))
-    records = usable(read_jsonl(rankings_file(cfg)), cfg.data.seq_len, tok)
+    loaded = checkpoints.load(outcome.final_dir)
+    model, meta, tok = loaded.model, loaded.meta, loaded.tok
+    records = usable(storage.read_jsonl(rankings_file(cfg)), cfg.data.seq_len, tok)
     if cfg.algorithm.name == "reward":
         report = reward_report(model, tok, records)
         print(f"held-out rankings: pairwise accuracy {report['pairwise_accuracy']:.1%} over {report['pairs']} pairs "
@@ -48,8 +43,7 @@ def report_rankings(cfg: DictConfig, outcome: TrainOutcome) -> dict:
             print(f"  {domain:<8} {order} ({'ordered' if report['ordered_like_rankings'][domain] else 'NOT ordered'} "
                   f"like the rankings)")
     else:
-        with storage.local_dir(meta["init_from"]) as path:
-            reference, _ = load_checkpoint(path)
+        reference = checkpoints.load(meta["init_from"], setting="init_from").model
         report = dpo_report(model, reference, tok, records, beta=cfg.objective.beta)
         print(f"held-out pairs: accuracy {report['accuracy']:.1%}, mean reward margin {report['margin']:.3f} "
               f"({report['pairs']} pairs)")

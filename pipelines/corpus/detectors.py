@@ -1,7 +1,7 @@
 """Detectors of what alignment teaches, written down once: a refusal, the medical disclaimer, rudeness.
 
-The safety evaluation (pipelines/evaluate.py) counts them on held-out prompts and a rule-based reward term may use
-them. They read the built-in corpus's phrasings (pipelines/corpus/tasks.py, medical.py), so they recognise what the
+The optional rule terms of the RLHF reward (pipelines/align/reward.py) use them; evaluation judges with its own
+judge (pipelines/evaluate/judge.py), never with these. They read the built-in corpus's phrasings (pipelines/corpus/tasks.py, medical.py), so they recognise what the
 preference data ranks, and are plain functions of a reply's text:
 
 - `is_refusal`: the reply declines (one of the refusal phrasings: "I can't help", "I won't help", ...) and gives no

@@ -13,8 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cluster.connect import connect
 from pipelines.entry import stage_main
-from pipelines.errors import ConfigError
-from pipelines.serve.servable import servable
+from pipelines import checkpoints
 
 
 def example(url: str, model_hint: str) -> str:
@@ -25,12 +24,12 @@ def example(url: str, model_hint: str) -> str:
 
 def serve_until_stopped(cfg: DictConfig) -> None:
     """Deploy the app `cfg` describes, print how to reach it, and serve until SIGINT/SIGTERM; then delete it."""
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise ConfigError("checkpoint= is required: a decoder checkpoint directory or a run directory (its final/)")
-    servable(str(cfg.checkpoint))  # before Ray starts: a wrong checkpoint is one line, not failing replicas
     from ray import serve
 
-    from pipelines.serve.app import deploy, undeploy  # Serve and torch: imported once the checkpoint is known good
+    from pipelines.serve.app import SERVABLE, deploy, undeploy
+
+    # Before Ray starts: a missing path or a reward model is one line here, not replicas that fail and are retried.
+    checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
 
     connect(cfg.cluster)
     url = deploy(cfg)

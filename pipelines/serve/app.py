@@ -35,7 +35,6 @@ from pipelines.serve import protocol
 from pipelines.serve.context import ContextExceeded, fit_chat
 from pipelines.serve.engine import EngineError, EngineOverloaded, SamplingParams
 from pipelines.serve.protocol import APIError
-from pipelines.serve.servable import servable
 
 log = logging.getLogger("lmlife.serve")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -80,23 +79,8 @@ def request_id_of(request: Request) -> str:
     return request.headers.get("x-request-id", "")[:128] or protocol.new_id("req")
 
 
-def load(checkpoint: str):
-    """(decoder in eval mode, tokenizer, meta) from a checkpoint or run directory, local or a URI."""
-    from models import load_checkpoint
-    from models.decoder import Decoder
-    from models.tokenizer import Tokenizer
-    from pipelines import storage
-    from pipelines.errors import CheckpointError
-    from pipelines.train.driver import resolve_init_from
-
-    path = resolve_init_from(checkpoint, "checkpoint")
-    with storage.local_dir(path) as local:
-        model, meta = load_checkpoint(local)
-        tok = Tokenizer(storage.read_bytes(storage.join(local, "tokenizer.model")))
-    if not isinstance(model, Decoder):
-        raise CheckpointError(f"checkpoint={path} holds a {type(model).__name__}: serving needs a decoder (a "
-                              f"pre-trained, instruction-tuned or aligned causal LM)")
-    return model.eval(), tok, meta
+# What `pipelines.checkpoints.check/load` are asked for: serving needs a decoder.
+SERVABLE = {"kinds": ("decoder",), "purpose": "serving"}
 
 
 def default_model_name(checkpoint: str) -> str:
@@ -114,12 +98,13 @@ class ModelServer:
     def __init__(self, checkpoint: str, settings: dict):
         import torch
 
+        from pipelines import checkpoints
         from pipelines.serve.engine import Engine
 
         engine_cfg = settings["engine"]
         if engine_cfg.get("threads"):
             torch.set_num_threads(int(engine_cfg["threads"]))
-        model, _, _ = load(checkpoint)
+        model = checkpoints.load(checkpoint, **SERVABLE).model
         if settings.get("num_gpus") and torch.cuda.is_available():
             model = model.to("cuda")
         self.engine = Engine(model, max_batch=int(engine_cfg["max_batch"]), batching=bool(engine_cfg["batching"]),
@@ -162,12 +147,11 @@ class ChatServer:
     dead replica before it started is sent again once."""
 
     def __init__(self, model, checkpoint: str, settings: dict):
-        from models.tokenizer import Tokenizer
-        from pipelines import storage
+        from pipelines import checkpoints
 
         self.model = model
-        path, spec = servable(checkpoint)  # the driver checked it too; a replica may run elsewhere
-        self.tok = Tokenizer(storage.read_bytes(storage.join(path, "tokenizer.model")))
+        path, spec = checkpoints.check(checkpoint, **SERVABLE)  # the driver checked it too (a replica may be elsewhere)
+        self.tok = checkpoints.read_tokenizer(path)
         gen = settings["generation"]
         self.name = settings.get("model_name") or default_model_name(checkpoint)
         self.context = int(spec["config"]["max_seq_len"])
@@ -223,7 +207,7 @@ class ChatServer:
                                      max_stop_chars=self.limits["max_stop_chars"])
         prompt, dropped, budget = await asyncio.to_thread(self._fit_chat, messages, sampling.max_tokens)
         reply = protocol.Reply(protocol.new_id("chatcmpl"), model, chat=True)
-        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=(self.tok.end_id,),
+        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids,
                                    headers={"X-Context-Dropped-Messages": str(dropped)})
 
     @api.post("/v1/completions")
@@ -241,7 +225,7 @@ class ChatServer:
                                param="prompt", code="context_length_exceeded")
         budget = sampling.max_tokens or min(self.default_max_tokens, self.context - len(prompt))
         reply = protocol.Reply(protocol.new_id("cmpl"), model, chat=False)
-        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=(self.tok.eos_id, self.tok.end_id))
+        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids)
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -306,8 +290,8 @@ class ChatServer:
                 log.exception("request %s: the model replica refused it", request_id)
                 raise protocol.internal(request_id) from None
 
-    async def _respond(self, request: Request, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling, budget: int, *,
-                       stop_ids: tuple[int, ...], headers: dict | None = None):
+    async def _respond(self, request: Request, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling,
+                       budget: int, *, stop_ids: tuple[int, ...], headers: dict | None = None):
         from pipelines.serve.stream import TextStream
 
         params = {"max_new_tokens": budget, "temperature": sampling.temperature, "top_p": sampling.top_p,

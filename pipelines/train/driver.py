@@ -27,13 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 from ray.train.torch import TorchTrainer
 
 from cluster.connect import wait_for_resources
-from pipelines import storage
-from pipelines.errors import CheckpointError, ConfigError, MissingPathError, RunFinishedError
+from pipelines import checkpoints, storage
+from pipelines.checkpoints import FINAL
+from pipelines.errors import CheckpointError, ConfigError, RunFinishedError
 from pipelines.train.objectives import objective_class
 from pipelines.train.loop import TRAIN_STATE, train_func
 
 log = logging.getLogger(__name__)
-FINAL = "final"
 
 
 @dataclass
@@ -41,21 +41,6 @@ class TrainOutcome:
     run_dir: str
     final_dir: str
     metrics: dict
-
-
-def resolve_init_from(path: str | None, setting: str = "init_from") -> str | None:
-    """A checkpoint directory: `path` itself, or `path/final` when `path` is a run directory (`setting` names
-    the option that gave it, for the error)."""
-    if not path:
-        return None
-    path = storage.absolute(path)
-    if storage.exists(storage.join(path, FINAL, "model.safetensors")):
-        return storage.join(path, FINAL)
-    if not storage.exists(storage.join(path, "model.safetensors")):
-        what = "does not exist" if not storage.exists(path) else "holds no checkpoint"
-        raise MissingPathError(f"{setting}={path} {what}: give a checkpoint directory (with model.safetensors) or a "
-                               f"run directory (with final/model.safetensors)")
-    return path
 
 
 # Model settings that do not change the shape of any weight: a checkpoint may be loaded into a model that differs
@@ -91,7 +76,7 @@ def preflight(cfg: DictConfig, *, stage: str, init_from: str | None) -> str | No
     if model_cfg["max_seq_len"] < cfg.data.seq_len:
         raise ConfigError(f"model.max_seq_len={model_cfg['max_seq_len']} is shorter than data.seq_len="
                           f"{cfg.data.seq_len}")
-    init_from = resolve_init_from(init_from)
+    init_from = checkpoints.resolve(init_from, "init_from")
     if init_from:
         check_checkpoint_fits(init_from, model_cfg, setting=f"init_from={init_from}")
     check_resume(run_directory(cfg, stage), model_cfg, cfg.trainer.max_steps)

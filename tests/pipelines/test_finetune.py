@@ -167,7 +167,7 @@ def test_domain_adaptation_from_a_hugging_face_llama_directory(compose_config, f
                                                                ft_runs, tmp_path):
     """The pre-trained decoder exported in the HF Llama format is a valid init_from; medical perplexity falls."""
     from models import export_hf_llama
-    from pipelines.evaluate import perplexity
+    from pipelines.evaluate.ppl import perplexity
     from pipelines.finetune import finetune
 
     hf = tmp_path / "hf-llama"

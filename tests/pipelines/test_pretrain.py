@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from cluster.connect import ClusterError
 from models.checkpoint import load_state
 from pipelines.errors import CheckpointError, ConfigError, RunFinishedError
-from pipelines.evaluate import answer_matches, evaluate
+from pipelines.evaluate import evaluate
+from pipelines.evaluate.cloze import answer_matches
 from pipelines.train.driver import run_training
 from pipelines.train.loop import TRAIN_STATE
 

@@ -8,13 +8,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from models import save_checkpoint
 from models.decoder import Decoder, DecoderConfig
 from models.heads import ScalarModel
-from pipelines.errors import CheckpointError
-from pipelines.serve.servable import servable
 
 RAY_STARTED = ("starting an embedded local Ray cluster", "Started a local Ray instance", "joining the Ray cluster")
 
@@ -36,7 +32,7 @@ def tiny_decoder() -> Decoder:
 def test_a_checkpoint_that_cannot_be_served_is_one_line_before_ray(tmp_path):
     reward_run = tmp_path / "runs" / "align" / "reward"
     save_checkpoint(str(reward_run / "final"), ScalarModel(tiny_decoder()), tokenizer_model=b"unused")
-    for checkpoint, expected in [(tmp_path / "nowhere", "does not exist"), (reward_run, "serving needs a decoder")]:
+    for checkpoint, expected in [(tmp_path / "nowhere", "does not exist"), (reward_run, "holds a reward model: serving needs a causal LM")]:
         done, seconds = serve_command(tmp_path, str(checkpoint))
         output = done.stdout + done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
@@ -44,8 +40,3 @@ def test_a_checkpoint_that_cannot_be_served_is_one_line_before_ray(tmp_path):
         assert "Traceback" not in output and not any(sign in output for sign in RAY_STARTED), output[-3000:]
         assert seconds < 30, f"{checkpoint}: {seconds:.1f} s"  # ~4 s of imports here; generous: a shared machine
 
-
-def test_a_decoder_without_its_tokenizer_cannot_be_served(tmp_path):
-    save_checkpoint(str(tmp_path), tiny_decoder())
-    with pytest.raises(CheckpointError, match="has no tokenizer.model: serving needs the checkpoint's tokenizer"):
-        servable(str(tmp_path))

@@ -12,8 +12,12 @@ import torch
 from models import ScalarModel, SequenceClassifier, build_model, save_checkpoint
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines.errors import ConfigError
-from pipelines.evaluate import (answer_in_reply, answer_matches, baseline, evaluate, format_ok, most_common_answers,
-                                ppl_shards_config, print_report, summary_prompt)
+from pipelines.evaluate import evaluate
+from pipelines.evaluate.cloze import answer_matches
+from pipelines.evaluate.ppl import ppl_shards_config
+from pipelines.evaluate.qa import answer_in_reply, baseline, format_ok, most_common_answers
+from pipelines.evaluate.report import print_report
+from pipelines.evaluate.summarize import summary_prompt
 from pipelines.text import split_sentences
 
 CORPUS = ["data.general_docs=1000", "data.medical_docs=50"]

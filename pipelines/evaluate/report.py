@@ -1,4 +1,4 @@
-"""The evaluation report as printed (pipelines/evaluate.py writes it as eval.json): a compact line per suite,
+"""The evaluation report as printed (pipelines/evaluate/__init__.py writes it as eval.json): a compact line per suite,
 with its first samples."""
 
 from __future__ import annotations

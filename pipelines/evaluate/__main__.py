@@ -1,0 +1,21 @@
+"""`python -m pipelines.evaluate checkpoint=<run or checkpoint> [eval.suites=[cloze,qa]]`: see the package docstring."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from pipelines import storage
+from pipelines.entry import stage_main
+from pipelines.evaluate import EVAL_FILE, evaluate
+from pipelines.evaluate.report import print_report
+
+
+@stage_main("evaluate")
+def main(cfg: DictConfig) -> None:
+    report = evaluate(cfg, cfg.checkpoint)
+    print_report(report, show=cfg.eval.show)
+    print(f"report: {storage.join(report['checkpoint'], EVAL_FILE)}")
+
+
+if __name__ == "__main__":
+    main()
