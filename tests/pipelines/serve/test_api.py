@@ -251,7 +251,8 @@ def test_usage_counts_the_tokens_of_the_text_a_stop_string_cut(openai_client, lo
     model, tok = local
     messages = ask(QUESTIONS[0])
     prompt = tok.encode_chat(messages, add_generation_prompt=True).ids
-    tokens = generate(model, [prompt], max_new_tokens=24, temperature=0, stop_ids=list(tok.stop_ids), pad_id=0).tokens[0]
+    tokens = generate(model, [prompt], max_new_tokens=24, temperature=0, stop_ids=list(tok.stop_ids),
+                      pad_id=0).tokens[0]
     whole = tok.decode([t for t in tokens if t not in tok.stop_ids])
     stop = whole.split()[2]  # a word in the middle of the greedy reply: the tokens decoded after it are not the reply
     text = whole[:whole.index(stop)]
