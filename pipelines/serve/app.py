@@ -395,8 +395,13 @@ def application(cfg: DictConfig):
 
 
 def build(args: dict):
-    """App builder for `serve run pipelines.serve.app:build checkpoint=... serve.x=...` and serveConfigV2 args."""
-    return application(config_from_args(args))
+    """App builder for `serve run pipelines.serve.app:build checkpoint=... serve.x=...` and serveConfigV2 args. The
+    checkpoint is checked here, once: a wrong one fails the build with its cause, not every replica, retried."""
+    from pipelines import checkpoints
+
+    cfg = config_from_args(args)
+    checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
+    return application(cfg)
 
 
 def config_from_args(args: dict) -> DictConfig:
