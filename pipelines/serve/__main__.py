@@ -9,11 +9,11 @@ from __future__ import annotations
 import signal
 import threading
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cluster.connect import connect
 from pipelines.entry import stage_main
-from pipelines.serve.app import deploy, undeploy
+from pipelines import checkpoints
 
 
 def example(url: str, model_hint: str) -> str:
@@ -25,6 +25,11 @@ def example(url: str, model_hint: str) -> str:
 def serve_until_stopped(cfg: DictConfig) -> None:
     """Deploy the app `cfg` describes, print how to reach it, and serve until SIGINT/SIGTERM; then delete it."""
     from ray import serve
+
+    from pipelines.serve.app import SERVABLE, deploy, undeploy
+
+    # Before Ray starts: a missing path or a reward model is one line here, not replicas that fail and are retried.
+    checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
 
     connect(cfg.cluster)
     url = deploy(cfg)

@@ -32,6 +32,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.serve import protocol
+from pipelines.serve.context import ContextExceeded, fit_chat
 from pipelines.serve.engine import EngineError, EngineOverloaded, SamplingParams
 from pipelines.serve.protocol import APIError
 
@@ -65,9 +66,17 @@ async def _validation_error(request: Request, error: RequestValidationError):
 
 @api.exception_handler(Exception)
 async def _server_error(request: Request, error: Exception):
-    log.exception("unexpected error on %s", request.url.path)
-    return JSONResponse(protocol.error_body(f"internal error: {type(error).__name__}: {error}", type="server_error"),
-                        status_code=500)
+    """A bug or a failure inside the server: logged with the request id; the client gets the id, never the text."""
+    request_id = request_id_of(request)
+    log.error("request %s: unexpected error on %s", request_id, request.url.path, exc_info=error)
+    error = protocol.internal(request_id)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def request_id_of(request: Request) -> str:
+    """Serve's id of this request: its proxy puts it in the `x-request-id` header (a client may send its own),
+    answers with it in the `X-Request-ID` header and prints it on the replica's log lines."""
+    return request.headers.get("x-request-id", "")[:128] or protocol.new_id("req")
 
 
 # What `pipelines.checkpoints.check/load` are asked for: serving needs a decoder.
@@ -141,7 +150,7 @@ class ChatServer:
         from pipelines import checkpoints
 
         self.model = model
-        path, spec = checkpoints.check(checkpoint, **SERVABLE)
+        path, spec = checkpoints.check(checkpoint, **SERVABLE)  # the driver checked it too (a replica may be elsewhere)
         self.tok = checkpoints.read_tokenizer(path)
         gen = settings["generation"]
         self.name = settings.get("model_name") or default_model_name(checkpoint)
@@ -150,6 +159,7 @@ class ChatServer:
         self.defaults = {"temperature": float(gen["temperature"]), "top_p": float(gen["top_p"])}
         self.default_max_tokens = int(gen["max_tokens"])
         self.min_reply = int(gen["min_reply_tokens"])
+        self.limits = dict(settings["limits"])
         self.created = int(time.time())
         key_env = settings.get("api_key_env")
         self.api_key = os.environ.get(key_env) if key_env else None
@@ -190,22 +200,24 @@ class ChatServer:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         self._authorize(request)
-        body = protocol.parse_json(await request.body())
+        body = protocol.parse_json(await self._body(request))
         model = protocol.model_name(body, self.name)
-        messages = protocol.messages(body)
-        sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap)
-        prompt, dropped, budget = self._fit_chat(messages, sampling.max_tokens)
+        messages = protocol.messages(body, max_messages=self.limits["max_messages"])
+        sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap,
+                                     max_stop_chars=self.limits["max_stop_chars"])
+        prompt, dropped, budget = await asyncio.to_thread(self._fit_chat, messages, sampling.max_tokens)
         reply = protocol.Reply(protocol.new_id("chatcmpl"), model, chat=True)
-        return await self._respond(reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids,
+        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids,
                                    headers={"X-Context-Dropped-Messages": str(dropped)})
 
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         self._authorize(request)
-        body = protocol.parse_json(await request.body())
+        body = protocol.parse_json(await self._body(request))
         model = protocol.model_name(body, self.name)
-        prompt = self.tok.encode(protocol.prompt_text(body), bos=True)
-        sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap)
+        prompt = await asyncio.to_thread(self.tok.encode, protocol.prompt_text(body), bos=True)  # off the event loop
+        sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap,
+                                     max_stop_chars=self.limits["max_stop_chars"])
         want = sampling.max_tokens or self.min_reply
         if len(prompt) + want > self.context:
             raise protocol.bad(f"This model's context is {self.context} tokens (prompt and reply together): the "
@@ -213,7 +225,7 @@ class ChatServer:
                                param="prompt", code="context_length_exceeded")
         budget = sampling.max_tokens or min(self.default_max_tokens, self.context - len(prompt))
         reply = protocol.Reply(protocol.new_id("cmpl"), model, chat=False)
-        return await self._respond(reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids)
+        return await self._respond(request, reply, prompt, sampling, budget, stop_ids=self.tok.stop_ids)
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -224,29 +236,39 @@ class ChatServer:
             raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                            type="authentication_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
-    def _fit_chat(self, messages: list[dict], max_tokens: int | None) -> tuple[list[int], int, int]:
-        """The context rule (conf/serve.yaml): leave out the oldest messages — never the system prompt or the last
-        message — until the prompt leaves room for the reply. -> (prompt ids, messages left out, reply budget)."""
-        want = max_tokens or min(self.min_reply, self.default_max_tokens)
-        system = messages[:1] if messages[0]["role"] == "system" else []
-        rest = messages[len(system):]
-        dropped = 0
-        while True:
-            prompt = self.tok.encode_chat(system + rest[dropped:], add_generation_prompt=True).ids
-            if len(prompt) + want <= self.context:
-                break
-            if dropped >= len(rest) - 1:
-                kept = "the system prompt and the last message take" if system else "the last message takes"
-                raise protocol.bad(
-                    f"This model's context is {self.context} tokens (prompt and reply together): {kept} "
-                    f"{len(prompt)} tokens and the reply needs {want}; shorten the message"
-                    + (" or lower max_tokens" if max_tokens else ""), param="messages", code="context_length_exceeded")
-            dropped += 1
-        return prompt, dropped, max_tokens or min(self.default_max_tokens, self.context - len(prompt))
+    async def _body(self, request: Request) -> bytes:
+        """The request body, refused with a 400 once it exceeds `serve.limits.max_request_bytes` (before it is
+        read whole when the client declares its length)."""
+        limit = self.limits["max_request_bytes"]
+        too_large = protocol.bad(f"the request body exceeds this server's limit of {limit} bytes",
+                                 code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-    async def _start(self, prompt: list[int], params: dict):
+    def _fit_chat(self, messages: list[dict], max_tokens: int | None) -> tuple[list[int], int, int]:
+        """The context rule (pipelines/serve/context.py) with this server's settings; run off the event loop.
+        -> (prompt ids, messages left out, reply budget)."""
+        want = max_tokens or min(self.min_reply, self.default_max_tokens)
+        try:
+            fitted = fit_chat(self.tok, messages, context=self.context, want=want)
+        except ContextExceeded as e:
+            raise protocol.bad(f"{e}; shorten the message" + (" or lower max_tokens" if max_tokens else ""),
+                               param="messages", code="context_length_exceeded") from None
+        prompt = fitted.ids
+        return prompt, fitted.dropped, max_tokens or min(self.default_max_tokens, self.context - len(prompt))
+
+    async def _start(self, request_id: str, prompt: list[int], params: dict):
         """Send the request to a model replica; -> its stream, once the replica has accepted it. A replica that is
-        gone (killed, restarting) gets the request again on another try."""
+        gone (killed, restarting) gets the request again on another try. What a replica raises is logged, never
+        sent: its text is a Ray traceback (process ids, addresses, paths)."""
         from ray.exceptions import RayActorError
 
         for attempt in (1, 2):
@@ -254,40 +276,41 @@ class ChatServer:
             try:
                 await stream.__anext__()
                 return stream
-            except EngineOverloaded as e:
-                raise APIError(429, f"The server is overloaded ({e}); retry after a second", type="rate_limit_error",
+            except EngineOverloaded:
+                raise APIError(429, "The server is overloaded; retry after a second", type="rate_limit_error",
                                code="overloaded", headers={"Retry-After": "1"}) from None
-            except ValueError as e:
-                raise protocol.bad(str(e)) from None
             except (RayActorError, EngineError) as e:
+                log.warning("request %s: a model replica failed before the request started (try %d): %s",
+                            request_id, attempt, e)
                 if attempt == 2:
-                    raise APIError(503, f"no model replica could take the request ({type(e).__name__}); retry",
-                                   type="server_error", code="unavailable", headers={"Retry-After": "1"}) from None
-                log.warning("a model replica failed before the request started (%s): sending it again", e)
+                    raise APIError(503, f"No model replica could take the request (request id {request_id}); retry",
+                                   type="server_error", code="unavailable",
+                                   headers={"Retry-After": "1"}) from None
+            except Exception:  # noqa: BLE001 - the replica refused what the ingress let through: a bug of ours
+                log.exception("request %s: the model replica refused it", request_id)
+                raise protocol.internal(request_id) from None
 
-    async def _respond(self, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling, budget: int, *,
-                       stop_ids: tuple[int, ...], headers: dict | None = None):
+    async def _respond(self, request: Request, reply: protocol.Reply, prompt: list[int], sampling: protocol.Sampling,
+                       budget: int, *, stop_ids: tuple[int, ...], headers: dict | None = None):
         from pipelines.serve.stream import TextStream
 
         params = {"max_new_tokens": budget, "temperature": sampling.temperature, "top_p": sampling.top_p,
                   "seed": sampling.seed, "stop_ids": stop_ids}
-        stream = await self._start(prompt, params)
+        request_id = request_id_of(request)
+        stream = await self._start(request_id, prompt, params)
         text = TextStream(self.tok.decode, stop=sampling.stop, skip_ids=stop_ids)
-        generated = 0
 
         async def pieces():
             """(new text, finish_reason or None) as tokens come; raises APIError on a failure."""
-            nonlocal generated
             try:
                 async for events in stream:
                     if not events:
                         continue
-                    tokens = [token for token, _, _ in events if token is not None]
-                    generated += len(tokens)
-                    new = text.push(tokens)
+                    new = text.push([token for token, _, _ in events if token is not None])
                     _, finish, error = events[-1]
                     if error is not None:
-                        raise APIError(500, error, type="server_error")
+                        log.error("request %s: the model replica failed it: %s", request_id, error)
+                        raise protocol.internal(request_id)
                     if text.stopped:
                         yield new, "stop"
                         return
@@ -297,9 +320,11 @@ class ChatServer:
                     yield new, None
             except APIError:
                 raise
-            except Exception as e:  # noqa: BLE001 - the model replica died or failed mid-reply
-                raise APIError(503, f"the model replica serving this reply failed ({type(e).__name__}); retry",
-                               type="server_error", code="unavailable", headers={"Retry-After": "1"}) from None
+            except Exception:  # noqa: BLE001 - the model replica died or failed mid-reply
+                log.exception("request %s: the model replica serving it failed mid-reply", request_id)
+                raise APIError(503, f"The model replica serving this reply failed (request id {request_id}); retry",
+                               type="server_error", code="unavailable",
+                               headers={"Retry-After": "1"}) from None
 
         if not sampling.stream:
             try:
@@ -308,7 +333,7 @@ class ChatServer:
                     parts.append(new)
             finally:
                 stream.cancel()  # done, or the client left (cancelled): the model replica frees the slot
-            used = protocol.usage(len(prompt), generated)
+            used = protocol.usage(len(prompt), text.completion_tokens)
             return JSONResponse(reply.whole("".join(parts), finish, used), headers=headers)
 
         async def events():
@@ -321,7 +346,7 @@ class ChatServer:
                     if finish is not None:
                         yield protocol.sse(reply.chunk(finish_reason=finish))
                 if sampling.include_usage:
-                    yield protocol.sse(reply.chunk(used=protocol.usage(len(prompt), generated)))
+                    yield protocol.sse(reply.chunk(used=protocol.usage(len(prompt), text.completion_tokens)))
             except APIError as e:  # the status line is sent: the error travels as an event
                 yield protocol.sse(e.body())
             finally:
@@ -370,8 +395,13 @@ def application(cfg: DictConfig):
 
 
 def build(args: dict):
-    """App builder for `serve run pipelines.serve.app:build checkpoint=... serve.x=...` and serveConfigV2 args."""
-    return application(config_from_args(args))
+    """App builder for `serve run pipelines.serve.app:build checkpoint=... serve.x=...` and serveConfigV2 args. The
+    checkpoint is checked here, once: a wrong one fails the build with its cause, not every replica, retried."""
+    from pipelines import checkpoints
+
+    cfg = config_from_args(args)
+    checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
+    return application(cfg)
 
 
 def config_from_args(args: dict) -> DictConfig:

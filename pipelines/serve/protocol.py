@@ -10,6 +10,9 @@ import uuid
 from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant")
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system prompt
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
+MAX_STOP = 4  # stop strings per request, as OpenAI
 
 
 class APIError(Exception):
@@ -31,6 +34,13 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def internal(request_id: str) -> APIError:
+    """The answer to a failure inside the server: a generic message naming the request id under which the cause
+    was logged (never the exception's text: it can hold tracebacks, process ids, addresses and paths)."""
+    return APIError(500, f"The server had an error while processing your request (request id {request_id}); "
+                         f"its log has the details", type="server_error", code="internal_error")
 
 
 def parse_json(raw: bytes) -> dict:
@@ -59,20 +69,23 @@ def _number(body: dict, name: str, default, low: float, high: float, *, low_open
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad(f"'{name}' must be a number, got {json.dumps(value)}", param=name)
-    if value < low or value > high or (low_open and value == low):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
+                                                                           and not math.isfinite(value)):
+        raise bad(f"'{name}' must be a number, got {json.dumps(value)[:80]}", param=name)
+    if value < low or value > high or (low_open and value == low):  # ints compared exactly: no float overflow
         side = "(" if low_open else "["
-        raise bad(f"'{name}' must be in {side}{low:g}, {high:g}], got {value:g}", param=name)
+        raise bad(f"'{name}' must be in {side}{low:g}, {high:g}], got {str(value)[:40]}", param=name)
     return float(value)
 
 
-def _integer(body: dict, name: str) -> int | None:
+def _integer(body: dict, name: str, low: int | None = None, high: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(f"'{name}' must be an integer, got {json.dumps(value)}", param=name)
+        raise bad(f"'{name}' must be an integer, got {json.dumps(value)[:80]}", param=name)
+    if low is not None and not low <= value <= high:
+        raise bad(f"'{name}' must be between {low} and {high}, got {str(value)[:40]}", param=name)
     return value
 
 
@@ -81,12 +94,13 @@ def _bool(body: dict, name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise bad(f"'{name}' must be true or false, got {json.dumps(value)}", param=name)
+        raise bad(f"'{name}' must be true or false, got {json.dumps(value)[:80]}", param=name)
     return value
 
 
-def sampling(body: dict, *, defaults: dict, cap: int) -> Sampling:
-    """Check the shared fields (`defaults`: the server's temperature and top_p; `cap`: the most max_tokens)."""
+def sampling(body: dict, *, defaults: dict, cap: int, max_stop_chars: int) -> Sampling:
+    """Check the shared fields (`defaults`: the server's temperature and top_p; `cap`: the most max_tokens;
+    `max_stop_chars`: the longest stop string)."""
     n = _integer(body, "n")
     if n is not None and n != 1:
         raise bad(f"'n' must be 1: this server returns one choice per request, got {n}", param="n")
@@ -96,22 +110,25 @@ def sampling(body: dict, *, defaults: dict, cap: int) -> Sampling:
         max_tokens, name = _integer(body, "max_tokens"), "max_tokens"
     if max_tokens is not None and not 1 <= max_tokens <= cap:
         raise bad(f"'{name}' must be between 1 and {cap} (the model's context holds the prompt and the reply), "
-                  f"got {max_tokens}", param=name)
+                  f"got {str(max_tokens)[:40]}", param=name)
     stop = body.get("stop")
     if stop is None:
         stop = []
     elif isinstance(stop, str):
         stop = [stop]
-    elif not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
-        raise bad(f"'stop' must be a string or a list of at most 4 strings, got {json.dumps(stop)}", param="stop")
+    elif not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(isinstance(s, str) for s in stop)):
+        raise bad(f"'stop' must be a string or a list of at most {MAX_STOP} strings, got {json.dumps(stop)[:80]}",
+                  param="stop")
+    if any(len(s) > max_stop_chars for s in stop):
+        raise bad(f"'stop' strings must be at most {max_stop_chars} characters each", param="stop")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise bad(f"'stream_options' must be an object, got {json.dumps(options)}", param="stream_options")
+        raise bad(f"'stream_options' must be an object, got {json.dumps(options)[:80]}", param="stream_options")
     return Sampling(
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", defaults["temperature"], 0.0, 2.0),
         top_p=_number(body, "top_p", defaults["top_p"], 0.0, 1.0, low_open=True),
-        seed=_integer(body, "seed"),
+        seed=_integer(body, "seed", *SEED_RANGE),
         stop=[s for s in stop if s],
         stream=_bool(body, "stream"),
         include_usage=_bool(options, "include_usage"),
@@ -123,29 +140,34 @@ def model_name(body: dict, served: str) -> str:
     if model is None:
         return served
     if not isinstance(model, str):
-        raise bad(f"'model' must be a string, got {json.dumps(model)}", param="model")
+        raise bad(f"'model' must be a string, got {json.dumps(model)[:80]}", param="model")
     if model != served:
-        raise APIError(404, f"The model '{model}' does not exist: this server serves '{served}' (see /v1/models)",
+        raise APIError(404, f"The model '{model[:80]}' does not exist: this server serves '{served}' (see /v1/models)",
                        param="model", code="model_not_found")
     return model
 
 
-def messages(body: dict) -> list[dict]:
-    """`messages` as [{"role", "content": str}]: text content parts are joined; anything else is a 400."""
+def messages(body: dict, *, max_messages: int) -> list[dict]:
+    """`messages` as [{"role", "content": str}]: text content parts are joined, the `developer` role is `system`;
+    anything else, or more than `max_messages`, is a 400."""
     value = body.get("messages")
     if value is None:
         raise bad("'messages' is required: a list of {\"role\", \"content\"} objects", param="messages")
     if not isinstance(value, list) or not value:
         raise bad(f"'messages' must be a non-empty list, got {json.dumps(value)[:80]}", param="messages")
+    if len(value) > max_messages:
+        raise bad(f"'messages' holds {len(value)} messages: this server takes at most {max_messages} in one request "
+                  f"(the oldest would not fit the model's context anyway)", param="messages", code="too_many_messages")
     out = []
     for i, m in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad(f"'{where}' must be an object with 'role' and 'content'", param=where)
         role = m.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in ROLES:
-            raise bad(f"'{where}.role' must be one of {', '.join(ROLES)}, got {json.dumps(role)}",
-                      param=f"{where}.role")
+            raise bad(f"'{where}.role' must be one of {', '.join((*ROLES, *ROLE_ALIASES))}, got "
+                      f"{json.dumps(role)[:80]}", param=f"{where}.role")
         content = m.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)

@@ -21,13 +21,19 @@ class TextStream:
         self.ids: list[int] = []
         self.sent = ""  # text already released
         self.stopped = False  # a stop string was found: the reply ends before it
+        self.pushed = 0  # tokens received, control tokens included
+        self.used = 0  # with a stop string: the tokens that spell the returned text
 
     def push(self, tokens: Sequence[int]) -> str:
         """Add tokens; return the text that can be released now ("" if none)."""
         if self.stopped:
             return ""
+        self.pushed += len(tokens)
         self.ids.extend(t for t in tokens if t not in self.skip)
-        return self._release(final=False)
+        new = self._release(final=False)
+        if self.stopped:
+            self.used = self._tokens_spelling(self.sent)
+        return new
 
     def finish(self) -> str:
         """The reply ended: release what was held back (a stop-string prefix that never completed)."""
@@ -36,6 +42,27 @@ class TextStream:
     @property
     def text(self) -> str:
         return self.sent
+
+    @property
+    def completion_tokens(self) -> int:
+        """The reply's tokens for `usage`: every token received, or, when a stop string cut the reply, the tokens
+        of the returned text (tokens decoded after it, before the model replica heard of the stop, are not part of
+        the reply — their number depends on timing)."""
+        return self.used if self.stopped else self.pushed
+
+    def _tokens_spelling(self, text: str) -> int:
+        """The fewest leading tokens whose decoding starts with `text` (binary search: a longer prefix of the
+        tokens decodes to a longer prefix of the reply)."""
+        low, high = 0, len(self.ids)
+        if not self.decode(self.ids).startswith(text):
+            return high
+        while low < high:
+            mid = (low + high) // 2
+            if self.decode(self.ids[:mid]).startswith(text):
+                high = mid
+            else:
+                low = mid + 1
+        return low
 
     def _release(self, *, final: bool) -> str:
         text = self.decode(self.ids)

@@ -131,6 +131,9 @@ BAD = [
     ({"messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "n", None, "'n' must be 1"),
     ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, "stream", None, "true or false"),
     ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, 400, "stop", None, "list of at most 4"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": "x" * 257}, 400, "stop", None, "at most 256 characters"),
+    ({"messages": [{"role": "user", "content": "x"}], "seed": 2**70}, 400, "seed", None, "'seed' must be between"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 10**400}, 400, "temperature", None, "[0, 2]"),
     ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}, 404, "model", "model_not_found", "gpt-4"),
     ({"messages": [{"role": "user", "content": "word " * 80}]}, 400, "messages", "context_length_exceeded",
      "context is 64 tokens"),
@@ -234,3 +237,130 @@ def test_a_full_queue_answers_429_with_retry_after(keyed):
         finally:
             for stream in streams:
                 stream.__exit__(None, None, None)
+
+
+def test_the_developer_role_is_the_system_prompt(openai_client, local):
+    messages = [{"role": "developer", "content": "You are a helpful assistant."},
+                {"role": "user", "content": QUESTIONS[0]}]
+    text, _, prompt_tokens, _ = expected_chat(local, ask(QUESTIONS[0]), 8)
+    reply = openai_client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content == text and reply.usage.prompt_tokens == prompt_tokens
+
+
+def test_usage_counts_the_tokens_of_the_text_a_stop_string_cut(openai_client, local):
+    model, tok = local
+    messages = ask(QUESTIONS[0])
+    prompt = tok.encode_chat(messages, add_generation_prompt=True).ids
+    tokens = generate(model, [prompt], max_new_tokens=24, temperature=0, stop_ids=list(tok.stop_ids),
+                      pad_id=0).tokens[0]
+    whole = tok.decode([t for t in tokens if t not in tok.stop_ids])
+    stop = whole.split()[2]  # a word in the middle of the greedy reply: the tokens decoded after it are not the reply
+    text = whole[:whole.index(stop)]
+    used = next(n for n in range(len(tokens) + 1) if tok.decode(tokens[:n]).startswith(text))
+    assert used < len(tokens)
+    for _ in range(2):  # the same greedy request, the same usage (it counted 23, 20, 24 tokens)
+        reply = openai_client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=24,
+                                                      temperature=0, stop=stop)
+        assert reply.choices[0].message.content == text and reply.choices[0].finish_reason == "stop"
+        assert reply.usage.completion_tokens == used
+        chunks = list(openai_client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=24,
+                                                            temperature=0, stop=stop, stream=True,
+                                                            stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+        assert chunks[-1].usage.completion_tokens == used
+
+
+def test_a_megabyte_conversation_does_not_hold_up_other_clients(chat_url, served):
+    limits = served[0].serve.limits
+    messages = [{"role": "system", "content": "Be brief."}]
+    messages += [{"role": ("user", "assistant")[i % 2], "content": ("weather in Paris " * 60)[:1000]}
+                 for i in range(998)]
+    messages.append({"role": "user", "content": "And tomorrow?"})
+    body = json.dumps({"messages": messages, "max_tokens": 4, "temperature": 0}).encode()
+    assert 1_000_000 < len(body) <= limits.max_request_bytes and len(messages) <= limits.max_messages
+    headers = {"Content-Type": "application/json"}
+
+    def post():
+        start = time.perf_counter()
+        r = httpx.post(chat_url + "/v1/chat/completions", content=body, headers=headers, timeout=30)
+        return r, time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post)
+        health = []
+        while not answer.done():
+            start = time.perf_counter()
+            assert httpx.get(chat_url + "/healthz", timeout=30).status_code == 200
+            health.append(time.perf_counter() - start)
+        r, seconds = answer.result()
+    print(f"1,000 messages, {len(body) / 1e6:.2f} MB: answered in {seconds:.3f} s; concurrent /healthz: "
+          f"{len(health)} calls, slowest {max(health) * 1000:.0f} ms")
+    assert r.status_code == 200 and int(r.headers["X-Context-Dropped-Messages"]) == 998, r.text[:300]
+    # Measured ~0.3 s and ~20 ms on an idle 2-core machine (the target: < 1 s, < 100 ms); the bounds are generous
+    # because the test machine is shared. Before the one-pass rule: ~100 s and ~100 s.
+    assert seconds < 5 and max(health) < 1
+
+    too_many = {"messages": [{"role": "user", "content": "hi"}] * (limits.max_messages + 1)}
+    r = httpx.post(chat_url + "/v1/chat/completions", json=too_many, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_messages"
+    assert f"at most {limits.max_messages}" in r.json()["error"]["message"]
+    r = httpx.post(chat_url + "/v1/completions", json={"prompt": "x" * (limits.max_request_bytes + 1)}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_internal_errors_name_a_request_id_and_keep_their_text_in_the_log(served, chat_checkpoint):
+    """A model deployment that fails in every way a replica can: before it accepts a request, with an error event
+    mid-reply, and in /stats. The client sees a generic message with the request id; the log has the cause."""
+    import ray
+    from ray import serve
+
+    from pipelines.serve.app import ChatServer, settings_of
+
+    secret = "at /home/someone/lmlife/models/secret.py pid=4242 node 10.0.0.7"
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class BrokenModel:
+        async def generate(self, prompt, params):
+            if params["seed"] == 1:
+                raise RuntimeError(f"failed {secret}")
+            yield []
+            yield [(None, None, f"decoding failed: RuntimeError: {secret}")]
+
+        def stats(self):
+            raise RuntimeError(f"stats failed {secret}")
+
+    cfg, _ = served
+    settings = settings_of(cfg)
+    serve.run(ChatServer.options(ray_actor_options={"num_cpus": 0}).bind(BrokenModel.bind(), chat_checkpoint,
+                                                                         settings),
+              name="broken", route_prefix="/broken")
+    url = f"http://127.0.0.1:{cfg.serve.port}/broken"
+    try:
+        ids = []
+        for seed in (1, 2):
+            r = httpx.post(url + "/v1/chat/completions", json={"messages": ask("Hi"), "seed": seed}, timeout=30)
+            error = r.json()["error"]
+            assert r.status_code == 500 and error["type"] == "server_error", r.text
+            ids.append(r.headers["X-Request-Id"])  # Serve's id of the request
+            assert f"request id {ids[-1]}" in error["message"]
+            assert not any(word in r.text for word in ("secret", "pid", "Traceback", "RuntimeError", "/home"))
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": ask("Hi"), "seed": 2, "stream": True},
+                       timeout=30)
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+        assert r.status_code == 200 and f"request id {r.headers['X-Request-Id']}" in events[-1]["error"]["message"]
+        assert "secret" not in r.text and r.text.rstrip().endswith("data: [DONE]")
+        r = httpx.get(url + "/stats", timeout=30)
+        assert r.status_code == 500 and "secret" not in r.text and r.headers["X-Request-Id"] in r.text
+        ids.append(r.headers["X-Request-Id"])
+
+        logs = os.path.join(ray._private.worker.global_worker.node.get_logs_dir_path(), "serve")
+        deadline, text = time.monotonic() + 10, ""
+        while time.monotonic() < deadline and not all(f"{i}" in text and secret in text for i in ids):
+            time.sleep(0.2)
+            text = "".join(open(os.path.join(logs, f), errors="replace").read() for f in os.listdir(logs)
+                           if f.startswith("replica_broken_ChatServer"))
+        for request_id in ids:  # each id beside its cause
+            assert any(request_id in line for line in text.splitlines()), (request_id, text[-3000:])
+        assert secret in text
+    finally:
+        serve.delete("broken", _blocking=True)

@@ -45,3 +45,13 @@ def test_listening_beyond_localhost_without_a_key_warns_and_a_missing_key_is_an_
     monkeypatch.delenv("LMLIFE_NO_SUCH_KEY", raising=False)
     with pytest.raises(ConfigError, match="LMLIFE_NO_SUCH_KEY names an environment variable that is not set"):
         application(config_from_args({"checkpoint": "x", "serve.api_key_env": "LMLIFE_NO_SUCH_KEY"}))
+
+
+def test_the_builder_checks_the_checkpoint_before_any_replica(tmp_path):
+    from pipelines.errors import MissingPathError
+    from pipelines.serve.app import build
+
+    with pytest.raises(MissingPathError, match=f"checkpoint={tmp_path}/nowhere does not exist"):
+        build({"checkpoint": f"{tmp_path}/nowhere"})
+    with pytest.raises(MissingPathError, match="checkpoint= is required"):
+        build({})

@@ -32,3 +32,17 @@ def test_stop_strings_cut_the_reply_even_across_tokens():
 def test_control_tokens_are_not_text():
     stream = TextStream(byte_decoder, skip_ids={0})
     assert stream.push([72, 105, 0]) + stream.finish() == "Hi"
+
+
+def test_usage_counts_the_tokens_of_the_returned_text_however_the_tokens_arrive():
+    ids = list(b"Paris is the capital.\nUser: next")
+    for step in (1, 5, len(ids)):  # the replica's batches: after the stop string, more or fewer tokens came
+        stream = TextStream(byte_decoder, stop=["\nUser:"])
+        assert "".join(stream_all(stream, ids, step)) == "Paris is the capital."
+        assert stream.completion_tokens == len(b"Paris is the capital.")
+    whole = TextStream(byte_decoder, skip_ids={0})
+    stream_all(whole, [72, 105, 0])
+    assert whole.completion_tokens == 3  # no stop string: every token, the control token that ended it included
+    cut = TextStream(byte_decoder, stop=["\u00e9"])
+    assert "".join(stream_all(cut, list("caf\u00e9 noir".encode()), 11)) == "caf"
+    assert cut.completion_tokens == 3
