@@ -1,8 +1,8 @@
 """The whole life in one command: `python -m pipelines.lifecycle` (what `make demo` runs) — the medical assistant.
 
 Built-in corpus -> tokenizer -> shards -> pre-training (general text) -> domain fine-tuning (medical text) ->
-instruction tuning (chat) -> reward model (rankings) -> RLHF (GRPO or PPO, scored by that reward model) ->
-evaluation of every checkpoint -> the thesis table, the time per stage and the report card -> serving the aligned
+instruction tuning (chat) -> reward model (rankings) -> DPO (the same rankings) -> RLHF from the DPO model (GRPO
+or PPO, scored by that reward model) -> evaluation of every checkpoint -> the thesis table, the time per stage and the report card -> serving the aligned
 model (`lifecycle.serve=true`).
 
 Design: every stage runs in this process, on one Ray connection, as the same function its own Hydra app calls
@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 # The chain: stage -> the checkpoint it makes (a row of the table) and the stage whose final/ it starts from.
 STAGES = {"pretrain": ("pretrained", None), "domain": ("domain-adapted", "pretrain"),
-          "instruct": ("instruction-tuned", "domain"), "reward": (None, "instruct"), "rlhf": ("aligned", "instruct")}
+          "instruct": ("instruction-tuned", "domain"), "reward": (None, "instruct"),
+          "dpo": ("preference-tuned", "instruct"), "rlhf": ("aligned", "dpo")}
 RUNNERS = {"pretrain": pretrain, "finetune": finetune, "align": align}
 # Settings of the whole run that every stage takes, so that all read one corpus and one storage.
 SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_seed", "data.safety_share", "run.root")

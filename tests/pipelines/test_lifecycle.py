@@ -22,22 +22,25 @@ def configs(tmp_path, *overrides):
         domain = stage_config(cfg, "domain", "/pre/final")
         instruct = stage_config(cfg, "instruct", f"/runs/finetune/{domain.run.name}/final")
         reward = stage_config(cfg, "reward", "/instruct")
-        rlhf = stage_config(cfg, "rlhf", "/instruct", {"align.reward_model": "/reward"})
-    return cfg, pretrain, domain, instruct, reward, rlhf
+        dpo = stage_config(cfg, "dpo", "/instruct")
+        rlhf = stage_config(cfg, "rlhf", "/dpo", {"align.reward_model": "/reward"})
+    return cfg, pretrain, domain, instruct, reward, dpo, rlhf
 
 
 def test_each_stage_is_its_own_app_on_the_same_corpus_and_storage(tmp_path):
-    cfg, pretrain, domain, instruct, reward, rlhf = configs(tmp_path, "lifecycle.domain.trainer.lr=1e-4")
+    cfg, pretrain, domain, instruct, reward, dpo, rlhf = configs(tmp_path, "lifecycle.domain.trainer.lr=1e-4")
     assert pretrain.model.d_model == 256 and pretrain.trainer.max_steps == cfg.lifecycle.pretrain.trainer.max_steps
     assert domain.finetune.kind == "domain" and domain.data.subset == "medical" and domain.trainer.lr == 1e-4
     assert instruct.finetune.kind == "instruct" and instruct.finetune.replay == cfg.lifecycle.instruct.finetune.replay
     assert reward.algorithm.name == "reward" and rlhf.algorithm.name == "grpo"
-    assert rlhf.align.reward_model == "/reward" and rlhf.init_from == reward.init_from == "/instruct"
+    assert dpo.algorithm.name == "dpo" and dpo.init_from == reward.init_from == "/instruct"
+    assert rlhf.align.reward_model == "/reward" and rlhf.init_from == "/dpo"
+    assert not any(rlhf.align.reward.rules.values())  # the demo's lesson comes from the rankings alone
     assert domain.init_from == "/pre/final"
-    for stage in (pretrain, domain, instruct, reward, rlhf):
+    for stage in (pretrain, domain, instruct, reward, dpo, rlhf):
         assert stage.data.root == f"{tmp_path}/data" and stage.data.general_docs == 700  # one corpus
         assert stage.run.root == f"{tmp_path}/runs" and stage.data.safety_share == cfg.data.safety_share
-    names = [s.run.name for s in (pretrain, domain, instruct, reward, rlhf)]
+    names = [s.run.name for s in (pretrain, domain, instruct, reward, dpo, rlhf)]
     assert [n.rsplit("-", 1)[0] for n in names] == [f"demo-{stage}" for stage in STAGES]
     assert all(len(n.rsplit("-", 1)[1]) == 8 for n in names)
 
