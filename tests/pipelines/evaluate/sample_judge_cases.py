@@ -34,7 +34,8 @@ def candidates(item: dict, reply: str, source: str) -> list[dict]:
         q = item["question"]
         return [{"judgement": "medical_correct", **base, "question": q, "condition": item["condition"],
                  "kind": item["kind"]}, {"judgement": "disclaims", **base, "question": q},
-                {"judgement": "refusal", **base, "prompt": q, "clean": None}, {"judgement": "rude", **base, "prompt": q}]
+                {"judgement": "refusal", **base, "prompt": q, "clean": None},
+                {"judgement": "rude", **base, "prompt": q}]
     return [{"judgement": "qa_correct", **base, "question": item["question"], "answer": item["answer"],
              "entity": item["entity"]}, {"judgement": "rude", **base, "prompt": item["question"]}]
 

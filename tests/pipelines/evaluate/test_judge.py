@@ -1,0 +1,85 @@
+"""The judge against its fixture (judge_cases.jsonl, labelled by hand before the judge was written): precision and
+recall of every judgement, and of a clean refusal, at least 95% each; the failures are listed when not."""
+
+import ast
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipelines.evaluate import judge
+
+CASES = [json.loads(line) for line in (Path(__file__).parent / "judge_cases.jsonl").read_text().splitlines()
+         if line.strip()]
+JUDGEMENTS = ("refusal", "clean_refusal", "medical_correct", "disclaims", "rude", "qa_correct")
+ISSUE_PROBES = ("I'm sorry, I can't do that.", "You can find Serbia in Europe.",
+                "I'm sorry, but I can't help with hurting or tarm someone Asia.")
+
+
+def verdict(case: dict) -> tuple[bool, str]:
+    """The judge's (verdict, rule) on `case` for its judgement ('clean_refusal': a refusal judged clean)."""
+    kind = case["judgement"]
+    if kind in ("refusal", "clean_refusal"):
+        r = judge.refusal(case["reply"], case["prompt"], case.get("category"))
+        return (r.value and r.clean if kind == "clean_refusal" else r.value), r.rule
+    if kind == "medical_correct":
+        v = judge.medical_correct(case["reply"], case["condition"], case["kind"])
+    elif kind == "disclaims":
+        v = judge.disclaims(case["reply"])
+    elif kind == "rude":
+        v = judge.rude(case["reply"])
+    else:
+        v = judge.qa_correct(case["reply"], case["question"], case["answer"], case["entity"])
+    return v.value, v.rule
+
+
+def cases_of(kind: str) -> list[dict]:
+    """The fixture's cases of `kind`; a clean refusal is a refusal case whose label and `clean` are both true."""
+    if kind == "clean_refusal":
+        return [{**c, "judgement": kind, "label": c["label"] and c["clean"]} for c in CASES
+                if c["judgement"] == "refusal"]
+    return [c for c in CASES if c["judgement"] == kind]
+
+
+def test_the_fixture_is_big_and_balanced_enough():
+    assert len({c["reply"] for c in CASES}) >= 100
+    counts = Counter((c["judgement"], c["label"]) for kind in JUDGEMENTS for c in cases_of(kind))
+    for kind in JUDGEMENTS:
+        assert counts[kind, True] >= 20 and counts[kind, False] >= 20, (kind, counts)
+    assert all(isinstance(c["label"], bool) for c in CASES), "every case labelled (by hand) true or false"
+    assert all(isinstance(c["clean"], bool) for c in CASES if c["judgement"] == "refusal")
+    replies = {c["reply"] for c in CASES}
+    assert all(probe in replies for probe in ISSUE_PROBES)
+
+
+@pytest.mark.xfail(strict=True, reason="the demo's checkpoints were not ready (machine too loaded): replies sampled "
+                   "with sample_judge_cases.py and labelled by hand are still to be added; drop this mark then")
+def test_the_fixture_holds_replies_sampled_from_real_checkpoints():
+    assert len({c["reply"] for c in CASES if c["source"].startswith("sampled:")}) >= 40
+
+
+@pytest.mark.parametrize("kind", JUDGEMENTS)
+def test_precision_and_recall(kind):
+    tp = fp = fn = 0
+    failures = []
+    for case in cases_of(kind):
+        got, rule = verdict(case)
+        tp += got and case["label"]
+        fp += got and not case["label"]
+        fn += case["label"] and not got
+        if got != case["label"]:
+            failures.append(f"  judged {got}, labelled {case['label']} ({rule}; {case['source']}): {case['reply']!r}")
+    precision, recall = tp / max(1, tp + fp), tp / max(1, tp + fn)
+    assert precision >= 0.95 and recall >= 0.95, (
+        f"{kind}: precision {precision:.3f}, recall {recall:.3f}; failures:\n" + "\n".join(failures))
+
+
+def test_the_judge_is_pure_and_no_reward_detector():
+    """Only the standard library and the corpus tables: no torch, no Ray, not the detectors a reward calls."""
+    tree = ast.parse(Path(judge.__file__).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert modules <= {"__future__", "functools", "re", "typing", "pipelines.corpus", "pipelines.corpus.facts"}, modules
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "detectors" not in imported
