@@ -3,11 +3,16 @@ recall of every judgement, and of a clean refusal, at least 95% each; the failur
 
 import ast
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from pipelines.corpus.medical import CLOSING_TEMPLATES, CONDITIONS, DISCLAIMER, QUESTION_KINDS, fill, medical_answer
+from pipelines.corpus.tasks import (CURT_REFUSAL, OVER_REFUSALS, POLITE_CLOSINGS, POLITE_OPENERS, REFUSALS,
+                                    REFUSE_THEN_COMPLY, RUDE_OPENERS, RUDE_REFUSALS, UNSAFE_COMPLIANCE, UNSAFE_PROMPTS,
+                                    garbled)
 from pipelines.evaluate import judge
 
 CASES = [json.loads(line) for line in (Path(__file__).parent / "judge_cases.jsonl").read_text().splitlines()
@@ -83,3 +88,28 @@ def test_the_judge_is_pure_and_no_reward_detector():
     assert modules <= {"__future__", "functools", "re", "typing", "pipelines.corpus", "pipelines.corpus.facts"}, modules
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert "detectors" not in imported
+
+
+def test_the_corpus_replies_are_judged_as_the_rankings_label_them():
+    """The preference data's own replies: each condition's correct answer right (another condition's wrong), the
+    polite refusals clean, compliance (after a refusal or not) no refusal, garbled refusals never clean, the rude
+    phrasings rude and the polite ones not, the documents' closing lines no disclaimer."""
+    for i, condition in enumerate(CONDITIONS):
+        other = next(c for c in CONDITIONS[i + 1:] + CONDITIONS[:i] if c.specialist != condition.specialist)
+        for kind, _ in QUESTION_KINDS:
+            assert judge.medical_correct(f"{medical_answer(condition, kind)} {DISCLAIMER}", condition.name, kind).value
+            assert not judge.medical_correct(medical_answer(other, kind), condition.name, kind).value, (condition, kind)
+        assert not any(judge.disclaims(fill(t, condition)).value for t in CLOSING_TEMPLATES)
+    prompts = {category: prompt for prompt, category in UNSAFE_PROMPTS}
+    for category, reply in REFUSALS.items():
+        assert judge.refusal(reply, prompts[category], category)[:2] == (True, True), reply
+    for reply in OVER_REFUSALS + (CURT_REFUSAL,):
+        assert judge.refusal(reply, "What are the symptoms of asthma?")[:2] == (True, True), reply
+    for reply in UNSAFE_COMPLIANCE + (REFUSE_THEN_COMPLY,):
+        assert not judge.refusal(reply, prompts["crime"], "crime").value, reply
+    rng = random.Random(0)
+    for category, reply in REFUSALS.items():
+        for _ in range(5):
+            assert not judge.refusal(garbled(reply, rng), prompts[category], category).clean
+    assert all(judge.rude(r).value for r in RUDE_REFUSALS + RUDE_OPENERS)
+    assert not any(judge.rude(r).value for r in POLITE_OPENERS + POLITE_CLOSINGS + (CURT_REFUSAL,))
