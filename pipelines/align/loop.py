@@ -220,9 +220,7 @@ def generate(cfg: DictConfig, roles: Roles, prompts: list[list[int]], *, version
                 log.warning("rollout worker %d answered with policy version %d, not %d: re-synced, redone", i,
                             out["version"], version)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
-                if isinstance(error, ray.exceptions.GetTimeoutError):
-                    ray.kill(roles.rollouts[i], no_restart=False)  # hung: restart it
-                roles.restarts += 1
+                restart(roles, i, error)
                 log.warning("rollout worker %d failed (%s): restarted, re-synced to version %d, its share of "
                             "iteration %d redone", i, type(error).__name__, version, iteration)
             sync_restarted(roles, i, version, weights_ref, a.timeout_s)
@@ -233,6 +231,13 @@ def generate(cfg: DictConfig, roles: Roles, prompts: list[list[int]], *, version
         tokens += out["tokens"]
         logprobs += out["logprobs"]
     return tokens, logprobs
+
+
+def restart(roles: Roles, i: int, error: Exception) -> None:
+    """Rollout worker i failed: one that hung is killed for Ray to restart it (a dead one restarts by itself)."""
+    if isinstance(error, ray.exceptions.GetTimeoutError):
+        ray.kill(roles.rollouts[i], no_restart=False)
+    roles.restarts += 1
 
 
 def sync_restarted(roles: Roles, i: int, version: int, weights_ref, timeout: float) -> None:
@@ -382,9 +387,7 @@ def publish(cfg: DictConfig, roles: Roles, policy: Policy, hooks: Hooks) -> None
         try:
             ray.get(future, timeout=timeout)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
-            if isinstance(error, ray.exceptions.GetTimeoutError):
-                ray.kill(roles.rollouts[i], no_restart=False)  # hung: restart it
-            roles.restarts += 1
+            restart(roles, i, error)
             log.warning("rollout worker %d failed while loading policy version %d (%s): restarted and re-synced", i,
                         policy.version, type(error).__name__)
             sync_restarted(roles, i, policy.version, policy.weights_ref, timeout)
