@@ -30,6 +30,7 @@ _EXPORTS = {
     "mark_only_lora_trainable": "lora",
     "merge_lora": "lora",
     "lora_state_dict": "lora",
+    "trained_state_dict": "lora",
     "save_adapters": "lora",
     "load_adapters": "lora",
 }
@@ -46,7 +47,7 @@ __all__ = [
     "Decoder", "DecoderConfig", "KVCache",
     "Encoder", "EncoderConfig", "SequenceClassifier",
     "ScalarHead", "ScalarModel",
-    "apply_lora", "mark_only_lora_trainable", "merge_lora", "LoRALinear", "lora_state_dict",
+    "apply_lora", "mark_only_lora_trainable", "merge_lora", "LoRALinear", "lora_state_dict", "trained_state_dict",
     "save_adapters", "load_adapters",
     "save_checkpoint", "load_checkpoint", "load_weights_into", "save_state", "load_state",
     "export_hf_llama", "import_hf_llama",

@@ -4,8 +4,9 @@ Features: ragged prompts left-padded into one batch (a 1/0 mask, per-sequence po
 one token per step through the preallocated `KVCache`; greedy (temperature 0), temperature, top-k and top-p
 (nucleus) sampling; per-sequence stop tokens, the batch ending when every sequence has finished; a seed that makes
 sampling reproducible through its own `torch.Generator` (the global RNG is left alone); log-probabilities of the
-sampled tokens under the raw model distribution (softmax of the unscaled logits, before temperature, top-k or
-top-p), which is what RLHF needs as the behaviour policy's log-probs; `stream_generate` yields one token at a time
+sampled tokens under the distribution they were drawn from (softmax of logits / temperature after the top-k /
+top-p filter; greedy decoding: the unscaled logits), which is what RLHF needs as the behaviour policy's log-probs
+(its learner scores the tokens at the same temperature); `stream_generate` yields one token at a time
 for single-prompt callers; `check_sampling` refuses settings nothing can be sampled from (negative temperature,
 top_p <= 0). Serving's continuous batching (pipelines/serve/engine.py) drives the same `KVCache` slot by slot with
 `sample_next`. Returned tokens INCLUDE the stop token that ended a sequence (with its log-prob).
@@ -24,7 +25,7 @@ from models.decoder import Decoder
 @dataclass
 class GenerationOutput:
     tokens: list[list[int]]  # new tokens per sequence, up to and including the stop token
-    logprobs: list[list[float]]  # log p(token) under the raw (temperature 1, unfiltered) model distribution
+    logprobs: list[list[float]]  # log p(token) under the distribution sampled from (temperature, top-k, top-p)
     finish_reasons: list[str]  # "stop" (a stop token was produced) or "length" (max_new_tokens reached)
 
 
@@ -43,12 +44,23 @@ def filter_logits(logits, *, top_k: int = 0, top_p: float = 1.0):
     return logits
 
 
+def sampling_logits(logits, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """(B, V) logits -> (B, V) logits of the distribution a token is drawn from: scaled by 1 / temperature and
+    filtered; greedy decoding (temperature 0) takes the argmax of the unscaled logits, returned as they are."""
+    if temperature == 0:
+        return logits
+    return filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+
+
 def sample_next(logits, *, temperature: float, top_k: int = 0, top_p: float = 1.0, generator=None):
     """(B, V) logits -> (B,) token ids: argmax when temperature == 0, else a draw from the filtered softmax."""
+    return _draw(sampling_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p), temperature, generator)
+
+
+def _draw(dist_logits, temperature: float, generator):
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return dist_logits.argmax(dim=-1)
+    return torch.multinomial(dist_logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 def check_sampling(*, temperature: float, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int = 1) -> None:
@@ -95,8 +107,9 @@ def _decode_steps(model: Decoder, prompts, *, max_new_tokens, temperature, top_k
         cache = model.make_kv_cache(B, P + max_new_tokens)
         hidden = model.hidden_states(ids, attention_mask=mask, kv_cache=cache)  # (B, P, D)
         for step in range(max_new_tokens):
-            logits = model.lm_logits(hidden[:, -1]).float()  # (B, V)
-            token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            logits = sampling_logits(model.lm_logits(hidden[:, -1]).float(), temperature=temperature, top_k=top_k,
+                                     top_p=top_p)  # (B, V)
+            token = _draw(logits, temperature, generator)
             logprob = F.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)  # (B,)
             yield token, logprob
             if step + 1 == max_new_tokens:

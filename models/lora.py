@@ -2,10 +2,12 @@
 
 Features: `apply_lora` swaps the nn.Linear modules whose names end with one of `targets` ("q_proj", "v_proj", ...)
 for `LoRALinear`: y = base(x) + (alpha / rank) * B(A(dropout(x))), base frozen, A Kaiming-uniform, B zeros (so a
-fresh adapter changes nothing); `mark_only_lora_trainable` freezes everything else; `lora_state_dict` holds only
+fresh adapter changes nothing); `mark_only_lora_trainable` freezes everything else but the modules it is told to
+train in full (a new task head: frozen, it would stay at its random initialisation); `lora_state_dict` holds only
 the adapters; `merge_lora` folds B @ A into the base weights and puts plain nn.Linear modules back under their
 original names, so a merged model saves and loads like one that never had adapters; `save_adapters` /
-`load_adapters` keep the adapters alone (`adapter.safetensors` + `adapter_config.json`) beside a checkpoint.
+`load_adapters` keep what a LoRA run trains — the adapters and any fully trained head —
+(`adapter.safetensors` + `adapter_config.json`) beside a checkpoint.
 """
 
 import json
@@ -67,16 +69,24 @@ def apply_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float, tar
     return model
 
 
-def mark_only_lora_trainable(model: nn.Module) -> nn.Module:
-    """requires_grad on the adapter matrices only."""
+def mark_only_lora_trainable(model: nn.Module, also: tuple[nn.Module, ...] | list[nn.Module] = ()) -> nn.Module:
+    """requires_grad on the adapter matrices and on every parameter of the modules `also` (a new head) only."""
     for name, p in model.named_parameters():
         p.requires_grad_("lora_A" in name or "lora_B" in name)
+    for module in also:
+        module.requires_grad_(True)
     return model
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors, e.g. `model.layers.0.self_attn.q_proj.lora_A`."""
     return {k: v for k, v in model.state_dict().items() if k.endswith((".lora_A", ".lora_B"))}
+
+
+def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a LoRA run trains: the adapters and every other trainable parameter (a head trained in full)."""
+    adapters = lora_state_dict(model)
+    return adapters | {k: p.detach() for k, p in model.named_parameters() if p.requires_grad and k not in adapters}
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -91,23 +101,24 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter.safetensors", "adapter_config.json"
 
 
 def save_adapters(path: str, model: nn.Module, settings: dict) -> None:
-    """Write the adapter tensors and their settings (rank, alpha, dropout, targets) into the directory `path`."""
+    """Write the adapter tensors (and a fully trained head's, `trained_state_dict`) and their settings (rank,
+    alpha, dropout, targets) into the directory `path`."""
     from models.checkpoint import save_tensors
 
     os.makedirs(path, exist_ok=True)
-    save_tensors(os.path.join(path, ADAPTER_WEIGHTS), lora_state_dict(model))
+    save_tensors(os.path.join(path, ADAPTER_WEIGHTS), trained_state_dict(model))
     with open(os.path.join(path, ADAPTER_CONFIG), "w") as f:
         json.dump(dict(settings), f, indent=2)
 
 
 def load_adapters(model: nn.Module, path: str) -> nn.Module:
-    """Copy the adapters saved in `path` into `model` (which has LoRA applied with the same settings); a missing
-    or mis-shaped adapter raises ValueError naming it."""
+    """Copy the adapters (and a head) saved in `path` into `model` (which has LoRA applied with the same settings);
+    a missing or mis-shaped adapter, or a tensor the model does not have, raises ValueError naming it."""
     from models.checkpoint import load_tensors
 
     tensors = load_tensors(os.path.join(path, ADAPTER_WEIGHTS))
-    own = lora_state_dict(model)
-    missing = sorted(set(own) - set(tensors))
+    own = model.state_dict()
+    missing = sorted(set(lora_state_dict(model)) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     shapes = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
     if missing or unexpected or shapes:

@@ -4,7 +4,12 @@ Responses are right-padded token sequences and `mask` is (B, T), 1 on real respo
 (float or bool). Every function works on any device, returns new tensors and never modifies its inputs.
 
 - Masked statistics: `masked_mean`, `masked_whiten` (over real tokens only; an empty mask gives 0, not NaN).
-- Token statistics from logits (in float32): `logprobs_from_logits`, `entropy_from_logits`.
+- Token statistics from logits (in float32) at a sampling temperature: `logprobs_from_logits`,
+  `entropy_from_logits` (RLHF takes the behaviour, learner and reference log-probs all from the distribution the
+  rollouts sample: softmax(logits / temperature)).
+- Data parallelism: the losses average over the real tokens (sequences for GRPO) of a whole minibatch when given
+  its `total` count across every learner, so that each learner's loss on its part sums, over learners, to the loss
+  of one learner on the whole minibatch (and the summed gradients to its gradient).
 - KL estimators per token (Schulman, "Approximating KL divergence"): `kl_k1` (log-ratio, unbiased, can be
   negative) and `kl_k3` (unbiased and never negative).
 - PPO (Ziegler et al. 2019, InstructGPT): `token_rewards` (KL penalty on every token, the score on the last),
@@ -22,12 +27,15 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of `x` where `mask` is 1, over `dim` (every position if None); 0 where the mask is empty."""
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
+                total: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of `x` where `mask` is 1, over `dim` (every position if None); 0 where the mask is empty. `total`
+    replaces the count as the divisor: the count of a larger batch this one is a part of."""
     mask = mask.to(x.dtype)
-    total = (x * mask).sum() if dim is None else (x * mask).sum(dim)
-    count = mask.sum() if dim is None else mask.sum(dim)
-    return total / count.clamp_min(1)  # an empty mask has total 0, so 0 / 1
+    summed = (x * mask).sum() if dim is None else (x * mask).sum(dim)
+    count = torch.as_tensor(total, dtype=x.dtype, device=x.device) if total is not None else \
+        mask.sum() if dim is None else mask.sum(dim)
+    return summed / count.clamp_min(1)  # an empty mask has a sum of 0, so 0 / 1
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -40,16 +48,16 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return whitened * mask.to(x.dtype)
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token]: (B, T, V), (B, T) -> (B, T) float32."""
-    logits = logits.float()
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature)[token]: (B, T, V), (B, T) -> (B, T) float32."""
+    logits = logits.float() / temperature
     picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return picked - torch.logsumexp(logits, dim=-1)  # no second (B, T, V) tensor for the log-softmax
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits): (B, T, V) -> (B, T) float32."""
-    logits = logits.float()
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature): (B, T, V) -> (B, T) float32."""
+    logits = logits.float() / temperature
     probs = logits.softmax(-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # H = log Z - E_p[logit]
 
@@ -101,26 +109,28 @@ def _clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: t
 
 
 def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                    clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate averaged over all real tokens of the batch: (loss, fraction of tokens clipped)."""
+                    clip: float, total: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate averaged over all real tokens of the batch (or over `total` tokens, the whole
+    minibatch's across learners): (loss, fraction of tokens clipped)."""
     loss, clipped = _clipped_surrogate(logp, old_logp, advantages, clip)
-    return masked_mean(loss, mask), masked_mean(clipped, mask)
+    return masked_mean(loss, mask, total=total), masked_mean(clipped, mask, total=total)
 
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                   clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """0.5 * max((V - R)^2, (V clipped to old +- clip - R)^2) over real tokens: (loss, fraction where the clip
-    term is the larger)."""
+                   clip: float, total: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 * max((V - R)^2, (V clipped to old +- clip - R)^2) over real tokens (or over `total` tokens, as the
+    policy loss): (loss, fraction where the clip term is the larger)."""
     clipped_values = torch.clamp(values, old_values - clip, old_values + clip)
     loss_plain = (values - returns) ** 2
     loss_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(loss_plain, loss_clipped), mask)
-    return loss, masked_mean((loss_clipped > loss_plain).to(values.dtype), mask)
+    loss = 0.5 * masked_mean(torch.maximum(loss_plain, loss_clipped), mask, total=total)
+    return loss, masked_mean((loss_clipped > loss_plain).to(values.dtype), mask, total=total)
 
 
 class AdaptiveKLController:
     """Ziegler et al. 2019: the KL coefficient grows when the policy drifts past `target` and shrinks below it,
-    by at most 20% of n_steps / horizon per update. `target=None` keeps the coefficient fixed."""
+    by at most 20% of n_steps / horizon per update (both in samples: an update after n_steps samples, a horizon of
+    `horizon` samples). `target=None` keeps the coefficient fixed."""
 
     def __init__(self, init_coef: float, target: float | None, horizon: float | None):
         if target is not None and (target <= 0 or horizon is None or horizon <= 0):
@@ -156,17 +166,20 @@ def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, clip: float, kl_coef: float) -> tuple[torch.Tensor, dict[str, float]]:
+              mask: torch.Tensor, clip: float, kl_coef: float,
+              total: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO (Shao et al. 2024): clipped surrogate with each sequence's advantage (B,) on all its tokens, plus
-    kl_coef * k3(pi, ref); averaged over each sequence's real tokens (1/|o_i|), then over sequences.
+    kl_coef * k3(pi, ref); averaged over each sequence's real tokens (1/|o_i|), then over the B sequences (or over
+    `total` sequences, the whole minibatch's across learners).
 
     The stats use the same averaging, so loss == policy_loss + kl_coef * kl.
     """
     policy, clipped = _clipped_surrogate(logp, old_logp, advantages.unsqueeze(1), clip)  # (B, T)
     kl = kl_k3(logp, ref_logp)  # (B, T)
+    sequences = mask.shape[0] if total is None else total
 
     def per_sequence(x: torch.Tensor) -> torch.Tensor:
-        return masked_mean(x, mask, dim=1).mean()
+        return masked_mean(x, mask, dim=1).sum() / max(sequences, 1)
 
     loss = per_sequence(policy + kl_coef * kl)
     stats = {"policy_loss": per_sequence(policy).item(), "kl": per_sequence(kl).item(),

@@ -1,9 +1,15 @@
 """The learner role: the policy (and for PPO the value model) and their optimizers.
 
 `Learner` works in-process; `LearnerActor` hosts it, M of them per run (`align.learner.num_workers`, 1 by
-default) doing data-parallel updates: each gets its part of every minibatch, and after each backward pass the
-gradients are averaged over `torch.distributed` (gloo on CPU, nccl on GPU) before clipping and the optimizer step,
-so M learners end with the weights one learner would have on the combined minibatches.
+default) doing data-parallel updates: each gets its part of every minibatch (parts may differ in size, one may be
+empty), divides its loss by the minibatch's token count (sequence count for GRPO) summed over all learners, and
+after each backward pass the gradients are summed over `torch.distributed` (gloo on CPU, nccl on GPU) before
+clipping and the optimizer step, so M learners end with the weights one learner would have on the combined
+minibatches. The statistics are summed the same way: each is the whole minibatch's.
+
+Log-probabilities are those of the distribution the rollouts sample, softmax(logits / `temperature`), and are
+taken with dropout off: the models stay in eval mode for training too (as OpenRLHF and veRL disable dropout in
+RLHF), so that at the first step the learner's log-probs are the rollout's and the ratio is exactly 1.
 
 An update receives minibatches of samples — prompt ids, response tokens, and per response the behaviour policy's
 log-probs, the reference's, and the advantages (per token for PPO, per sequence for GRPO) with PPO's returns and
@@ -37,15 +43,13 @@ class Learner:
                  seed: int = 0):
         torch.manual_seed(seed)
         self.device = pick_device(num_gpus)
-        self.policy, self.tok, self.meta = load_role_model(checkpoint, self.device, torch_threads)
-        self.policy.train()
+        self.policy, self.tok, self.meta = load_role_model(checkpoint, self.device, torch_threads)  # eval mode
         self.algorithm, self.s, self.rank, self.world = algorithm, settings, rank, world
         self.value = None
         if algorithm == "ppo":
             self.value, _, _ = load_role_model(value_checkpoint, self.device, None)
             if not isinstance(self.value, ScalarModel):
                 raise ValueError(f"{value_checkpoint} is not a scalar (reward) model: PPO's critic starts from one")
-            self.value.train()
         self.optimizers = {"policy": self.optimizer(self.policy, settings["lr"])}
         if self.value is not None:
             self.optimizers["value"] = self.optimizer(self.value, settings["value_lr"])
@@ -67,13 +71,22 @@ class Learner:
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, init_method=f"tcp://{address}", rank=self.rank, world_size=self.world)
 
-    def average_gradients(self, model) -> None:
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` summed over the learners (the tensor itself when there is one)."""
+        if self.world > 1:
+            x = x.to(self.device)
+            dist.all_reduce(x)
+        return x.cpu()
+
+    def sum_gradients(self, model) -> None:
+        """Each learner's loss is its share of the minibatch's: the gradients add up (a learner with an empty part
+        adds zeros, so that every learner joins every all-reduce)."""
         if self.world == 1:
             return
         for p in model.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
 
     # ---- what the driver asks ----
 
@@ -100,38 +113,58 @@ class Learner:
         out = {k: v / max(1, len(minibatches)) for k, v in totals.items()}
         return out | {"seconds": time.perf_counter() - start}
 
+    def stat_names(self) -> list[str]:
+        names = ["loss", "policy_loss", "clip_fraction", "entropy", "kl_k3"]
+        return names + (["value_loss", "value_clip_fraction"] if self.algorithm == "ppo" else [])
+
     def step(self, mb: dict, kl_coef: float) -> dict:
+        """One optimizer step on this learner's part of a minibatch; returns the whole minibatch's statistics."""
+        local = torch.tensor([sum(len(r) for r in mb["responses"]), len(mb["responses"])], dtype=torch.float64)
+        tokens, sequences = self.all_reduce(local).tolist()
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        stats = {}
+        if mb["responses"]:
+            loss, stats = self.loss(mb, kl_coef, tokens, sequences)
+            loss.backward()
+        for model in (self.policy, self.value):
+            if model is not None:
+                self.sum_gradients(model)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.s["grad_clip"])
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        names = self.stat_names()
+        totals = self.all_reduce(torch.tensor([stats.get(k, 0.0) for k in names], dtype=torch.float64))
+        return dict(zip(names, totals.tolist()))
+
+    def loss(self, mb: dict, kl_coef: float, tokens: float, sequences: float) -> tuple[torch.Tensor, dict]:
+        """The algorithm's loss on this part, divided by the whole minibatch's `tokens` (PPO) or `sequences`
+        (GRPO), and its statistics likewise (shares that sum over the learners to the minibatch's values)."""
         per_token = {"old_logp": mb["old_logp"], "ref_logp": mb["ref_logp"]}
         if self.algorithm == "ppo":
             per_token |= {"advantages": mb["advantages"], "returns": mb["returns"], "old_values": mb["old_values"]}
         ids, mask, t = layout(mb["prompts"], mb["responses"], self.tok.pad_id, self.device, per_token)
+        temperature = self.s["temperature"]
         logits = self.policy(ids[:, :-1])  # (N, L - 1, V)
-        logp = logprobs_from_logits(logits, ids[:, 1:])
+        logp = logprobs_from_logits(logits, ids[:, 1:], temperature)
         with torch.no_grad():
-            entropy = float(masked_mean(entropy_from_logits(logits), mask))
-            k3 = float(masked_mean(kl_k3(logp, t["ref_logp"]), mask))
+            entropy = float(masked_mean(entropy_from_logits(logits, temperature), mask, total=tokens))
+            k3 = float(masked_mean(kl_k3(logp, t["ref_logp"]), mask, total=tokens))
         if self.algorithm == "grpo":
             advantages = torch.as_tensor(mb["advantages"], dtype=torch.float32, device=self.device)
-            loss, stats = grpo_loss(logp, t["old_logp"], t["ref_logp"], advantages, mask, self.s["clip"], kl_coef)
+            loss, stats = grpo_loss(logp, t["old_logp"], t["ref_logp"], advantages, mask, self.s["clip"], kl_coef,
+                                    total=sequences)
             stats = {"policy_loss": stats["policy_loss"], "clip_fraction": stats["clip_fraction"]}
         else:
-            policy_loss, clipped = ppo_policy_loss(logp, t["old_logp"], t["advantages"], mask, self.s["clip"])
+            policy_loss, clipped = ppo_policy_loss(logp, t["old_logp"], t["advantages"], mask, self.s["clip"],
+                                                   total=tokens)
             values = self.value(ids[:, :-1], per_token=True).float()
             value_loss, value_clipped = ppo_value_loss(values, t["old_values"], t["returns"], mask,
-                                                       self.s["value_clip"])
+                                                       self.s["value_clip"], total=tokens)
             loss = policy_loss + self.s["value_coef"] * value_loss
-            stats = {"policy_loss": float(policy_loss), "clip_fraction": float(clipped),
-                     "value_loss": float(value_loss), "value_clip_fraction": float(value_clipped)}
-        for optimizer in self.optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for model in (self.policy, self.value):
-            if model is not None:
-                self.average_gradients(model)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.s["grad_clip"])
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-        return stats | {"loss": float(loss), "entropy": entropy, "kl_k3": k3}
+            stats = {"policy_loss": policy_loss.item(), "clip_fraction": clipped.item(),
+                     "value_loss": value_loss.item(), "value_clip_fraction": value_clipped.item()}
+        return loss, stats | {"loss": loss.item(), "entropy": entropy, "kl_k3": k3}
 
     # ---- checkpoints ----
 

@@ -18,8 +18,9 @@ alive across worker restarts), Ray Direct Transport alpha and able to hang. Nump
 cheapest and needs nothing from a restarted worker but one call.
 
 No hangs, no lost work: every remote call has `align.timeout_s`. Rollout workers have `max_restarts`; a worker
-that dies (or times out, and is then killed to be restarted) is re-synced to the current weights and its share of
-the batch is generated again with the same seed; a batch made by another policy version is refused and redone.
+that dies (or times out, and is then killed to be restarted) while generating is re-synced to the current weights
+and its share of the batch is generated again with the same seed; one that dies while loading new weights is
+re-synced likewise; a batch made by another policy version is refused and redone.
 The reward, reference and learner actors are not restarted: their failure ends the run with one line that names
 the role and the last checkpoint, which a re-run with the same run.name resumes from.
 """
@@ -73,9 +74,11 @@ class Roles:
 
 @dataclass
 class Hooks:
-    """Test and tooling hooks: `after_submit(iteration, roles, futures)` runs once the rollout calls are sent."""
+    """Test and tooling hooks: `after_submit(iteration, roles, futures)` runs once the rollout calls are sent,
+    `before_sync(version, roles)` once new weights are in the object store, before the workers load them."""
 
     after_submit: object = None
+    before_sync: object = None
 
 
 @dataclass
@@ -153,8 +156,8 @@ def start_roles(cfg: DictConfig, init_from: str, reward_model: str) -> Roles:
         unfinished_penalty=a.reward.unfinished_penalty, rules=OmegaConf.to_container(a.reward.rules, resolve=True))
     reference = ReferenceActor.options(num_cpus=a.reference.num_cpus, num_gpus=a.reference.num_gpus,
                                        max_restarts=0).remote(init_from, num_gpus=a.reference.num_gpus,
-                                                              torch_threads=threads)
-    settings = OmegaConf.to_container(a.learner, resolve=True) | {"clip": a.clip}
+                                                              torch_threads=threads, temperature=a.temperature)
+    settings = OmegaConf.to_container(a.learner, resolve=True) | {"clip": a.clip, "temperature": a.temperature}
     if algorithm == "ppo":
         settings |= {"value_coef": a.ppo.value_coef, "value_clip": a.ppo.value_clip, "value_lr": a.ppo.value_lr}
     M = a.learner.num_workers
@@ -217,9 +220,7 @@ def generate(cfg: DictConfig, roles: Roles, prompts: list[list[int]], *, version
                 log.warning("rollout worker %d answered with policy version %d, not %d: re-synced, redone", i,
                             out["version"], version)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
-                if isinstance(error, ray.exceptions.GetTimeoutError):
-                    ray.kill(roles.rollouts[i], no_restart=False)  # hung: restart it
-                roles.restarts += 1
+                restart(roles, i, error)
                 log.warning("rollout worker %d failed (%s): restarted, re-synced to version %d, its share of "
                             "iteration %d redone", i, type(error).__name__, version, iteration)
             sync_restarted(roles, i, version, weights_ref, a.timeout_s)
@@ -230,6 +231,13 @@ def generate(cfg: DictConfig, roles: Roles, prompts: list[list[int]], *, version
         tokens += out["tokens"]
         logprobs += out["logprobs"]
     return tokens, logprobs
+
+
+def restart(roles: Roles, i: int, error: Exception) -> None:
+    """Rollout worker i failed: one that hung is killed for Ray to restart it (a dead one restarts by itself)."""
+    if isinstance(error, ray.exceptions.GetTimeoutError):
+        ray.kill(roles.rollouts[i], no_restart=False)
+    roles.restarts += 1
 
 
 def sync_restarted(roles: Roles, i: int, version: int, weights_ref, timeout: float) -> None:
@@ -248,20 +256,20 @@ def sync_restarted(roles: Roles, i: int, version: int, weights_ref, timeout: flo
 # ---- the maths between the roles ----
 
 def minibatches(samples: dict, *, epochs: int, size: int, learners: int, seed: int) -> list[list[dict]]:
-    """Per learner, its part of every minibatch: each epoch a seeded order of the samples, cut into minibatches of
-    `size`, each cut into `learners` equal contiguous parts."""
+    """Per learner, its part of every minibatch: each epoch a seeded order of all the samples, cut into
+    ceil(n / size) minibatches of near-equal sizes (at most `size`; every sample is used once per epoch), each cut
+    into `learners` contiguous parts as equal as they can be (the learners normalise by the whole minibatch, so
+    unequal or empty parts give the same update)."""
     n = len(samples["prompts"])
-    size = min(size, n)
-    if size % learners:
-        raise ConfigError(f"align.learner.minibatch_size={size} must split evenly over {learners} learners")
+    count = math.ceil(n / size)
     parts: list[list[dict]] = [[] for _ in range(learners)]
     for epoch in range(epochs):
         order = list(range(n))
         random.Random(seed + epoch).shuffle(order)
-        for start in range(0, n - size + 1, size):
-            chosen = order[start:start + size]
+        for m in range(count):
+            chosen = order[m * n // count:(m + 1) * n // count]
             for r in range(learners):
-                piece = chosen[r * size // learners:(r + 1) * size // learners]
+                piece = chosen[r * len(chosen) // learners:(r + 1) * len(chosen) // learners]
                 parts[r].append({k: [v[j] for j in piece] for k, v in samples.items()})
     return parts
 
@@ -315,6 +323,12 @@ def save(cfg, roles: Roles, run_dir: str, progress: Progress, meta: dict) -> str
 def check(cfg: DictConfig) -> tuple[str, str, Tokenizer]:
     """Checks that need no Ray: (init_from checkpoint, reward model checkpoint, the tokenizer both use)."""
     a = cfg.algorithm.name
+    if not cfg.align.temperature > 0:
+        raise ConfigError(f"align.temperature={cfg.align.temperature}: {a} samples its rollouts, and the ratios and "
+                          f"KL it learns from need a temperature > 0 (1.0 = the model's own distribution)")
+    if cfg.align.top_p != 1:
+        raise ConfigError(f"align.top_p={cfg.align.top_p}: {a} scores the sampled tokens under the whole "
+                          f"distribution at align.temperature, which top-p sampling is not; use align.top_p=1.0")
     if OmegaConf.is_missing(cfg, "init_from") or not cfg.init_from:
         raise ConfigError(f"algorithm={a} needs init_from= (the instruction-tuned run)")
     if OmegaConf.is_missing(cfg.align, "reward_model") or not cfg.align.reward_model:
@@ -335,6 +349,16 @@ def check(cfg: DictConfig) -> tuple[str, str, Tokenizer]:
     return init_from, reward_model, tok
 
 
+def kl_controller(cfg: DictConfig) -> AdaptiveKLController:
+    """PPO's KL coefficient, steered towards `align.kl.target` over `align.kl.horizon` iterations (the controller
+    counts samples: the horizon is that many iterations' samples, so it moves as fast whatever the batch size);
+    GRPO's coefficient is fixed."""
+    a = cfg.align
+    if cfg.algorithm.name != "ppo":
+        return AdaptiveKLController(a.kl.init, None, None)
+    return AdaptiveKLController(a.kl.init, a.kl.target, a.kl.horizon * a.prompts_per_iteration)
+
+
 @dataclass
 class Policy:
     """The driver's view of the policy: its version, where its weights are in the object store, the last
@@ -345,11 +369,23 @@ class Policy:
     checkpoint: str | None
 
 
-def publish(cfg: DictConfig, roles: Roles, policy: Policy) -> None:
-    """The learner's current weights into the object store once, and into every rollout worker."""
-    weights = call(roles.learners[0].weights.remote(), "learner", cfg.align.timeout_s, policy.checkpoint)
+def publish(cfg: DictConfig, roles: Roles, policy: Policy, hooks: Hooks) -> None:
+    """The learner's current weights into the object store once, and into every rollout worker; a worker that
+    fails to load them (its process died, or it hung and is killed) is restarted and re-synced."""
+    timeout = cfg.align.timeout_s
+    weights = call(roles.learners[0].weights.remote(), "learner", timeout, policy.checkpoint)
     policy.weights_ref = ray.put(weights)
-    sync(roles, policy.version, policy.weights_ref, cfg.align.timeout_s)
+    if hooks.before_sync:
+        hooks.before_sync(policy.version, roles)
+    futures = [w.set_weights.remote(policy.version, policy.weights_ref) for w in roles.rollouts]
+    for i, future in enumerate(futures):
+        try:
+            ray.get(future, timeout=timeout)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+            restart(roles, i, error)
+            log.warning("rollout worker %d failed while loading policy version %d (%s): restarted and re-synced", i,
+                        policy.version, type(error).__name__)
+            sync_restarted(roles, i, policy.version, policy.weights_ref, timeout)
 
 
 def iteration(cfg: DictConfig, roles: Roles, prompts: PromptStream, kl_ctl: AdaptiveKLController, policy: Policy,
@@ -388,7 +424,7 @@ def iteration(cfg: DictConfig, roles: Roles, prompts: PromptStream, kl_ctl: Adap
     times["learn"] = time.perf_counter() - t
     t = time.perf_counter()
     policy.version += 1
-    publish(cfg, roles, policy)
+    publish(cfg, roles, policy, hooks)
     times["sync"] = time.perf_counter() - t
     old, mask = padded(old_logp)
     ref, _ = padded(ref_logp)
@@ -421,7 +457,7 @@ def rlhf(cfg: DictConfig, *, hooks: Hooks | None = None) -> TrainOutcome:
     progress = Progress(**storage.read_json(storage.join(resume, LOOP_STATE))) if resume else \
         Progress(kl={"value": a.kl.init})
     prompts = PromptStream(cfg, tok, progress)
-    kl_ctl = AdaptiveKLController(a.kl.init, a.kl.target if algorithm == "ppo" else None, a.kl.horizon)
+    kl_ctl = kl_controller(cfg)
     kl_ctl.load_state_dict(progress.kl)
     meta = {"stage": "align", "algorithm": algorithm, "init_from": init_from, "reward_model": reward_model,
             "run": cfg.run.name, "config": OmegaConf.to_container(a, resolve=True)}
@@ -432,7 +468,7 @@ def rlhf(cfg: DictConfig, *, hooks: Hooks | None = None) -> TrainOutcome:
         if resume:
             call([learner.load.remote(resume) for learner in roles.learners], "learner", a.timeout_s, resume)
             print(f"resuming from {resume} (iteration {progress.iteration})", flush=True)
-        publish(cfg, roles, policy)
+        publish(cfg, roles, policy, hooks)
         while progress.iteration < a.iterations:
             it = progress.iteration
             metrics, (batch, responses, scores) = iteration(cfg, roles, prompts, kl_ctl, policy, it, hooks)

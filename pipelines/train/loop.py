@@ -4,6 +4,8 @@ Each worker builds the model and its objective, streams its share of the trainin
 (`ray.train.get_dataset_shard(...).iter_torch_batches`, prefetched, never materialised), and runs optimizer steps of
 `grad_accum` micro-batches: AdamW (no decay on norms, biases, embeddings), linear warmup then cosine decay, gradient
 clipping, bf16 autocast and fused AdamW on GPU, optional torch.compile, DDP (default) or FSDP2 (`fully_shard`).
+A step's loss is the mean over all of its loss units (e.g. the assistant tokens of every micro-batch on every
+worker, `accumulate`), so how the step is cut into micro-batches and workers leaves its gradient unchanged.
 
 Every `log_every` steps all ranks `ray.train.report` metrics (loss, lr, grad-norm, tokens/s, MFU, step time and the
 share spent waiting for data); rank 0 prints a progress line and logs to wandb when chosen. Every `eval_every` steps
@@ -108,8 +110,10 @@ def construct(config: dict, *, init_from: str | None) -> torch.nn.Module:
 
     `config["init_into"]` says where the checkpoint's weights go: "base" (a pre-trained model under a new head: a
     classifier on an encoder, a reward model on a decoder) or "model" (a checkpoint of this very model, head
-    included)."""
+    included). With LoRA the base model is frozen but the head is trained in full: LoRA adapts what is there, and
+    a frozen new head would stay at its random initialisation."""
     model = build_model(config["model"])
+    base = model
     head = config.get("head")
 
     def load(target):
@@ -130,9 +134,10 @@ def construct(config: dict, *, init_from: str | None) -> torch.nn.Module:
         load(model)
     lora = config.get("lora") or {}
     if lora.get("rank"):
+        head_modules = [m for m in model.children() if m is not base] if head else []
         apply_lora(model, rank=lora["rank"], alpha=lora["alpha"], dropout=lora["dropout"],
                    targets=list(lora["targets"]))
-        mark_only_lora_trainable(model)
+        mark_only_lora_trainable(model, also=head_modules)
     return model
 
 
@@ -210,6 +215,31 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def loss_weights(counts: torch.Tensor, world: int) -> torch.Tensor:
+    """(M,) loss units of this worker's M micro-batches -> (M,) weights of their mean losses: count / the units of
+    the whole optimizer step (every micro-batch of every worker), times `world` because DDP and FSDP average the
+    gradients over the workers. The weighted means then add up to the mean over the step's units."""
+    total = counts.sum()
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return (counts * world / total.clamp_min(1)).float()
+
+
+def accumulate(module: torch.nn.Module, objective: torch.nn.Module, batches: list[dict], *, world: int, generator,
+               autocast) -> torch.Tensor:
+    """The forward and backward passes of one optimizer step over this worker's micro-batches (DDP synchronises
+    on the last one); returns this worker's share of the step's loss (detached; the shares sum to the loss)."""
+    weights = loss_weights(torch.stack([objective.loss_units(b) for b in batches]), world)
+    share = 0.0
+    for micro, batch in enumerate(batches):
+        sync = micro == len(batches) - 1 or not hasattr(module, "no_sync")
+        with (contextlib.nullcontext() if sync else module.no_sync()), autocast:
+            loss, _ = module(batch, generator)
+        (loss * weights[micro]).backward()
+        share = share + loss.detach() * weights[micro]
+    return share
 
 
 def valid_batches(files: list[str], examples: int, batch_size: int, *, rank: int, world: int,
@@ -300,17 +330,14 @@ class Loop:
                 raise RuntimeError(f"injected fault at step {step} on rank {self.rank} (trainer.fail_at_step)")
             self.generator.manual_seed(t["seed"] * 1_000_003 + step * 7919 + self.rank)
             torch.manual_seed(t["seed"] * 1_000_003 + step * 7919 + self.rank)
-            loss_sum = 0.0
-            for micro in range(t["grad_accum"]):
+            batches = []
+            for _ in range(t["grad_accum"]):
                 waited = time.perf_counter()
-                batch = next(stream)
+                batches.append(next(stream))
                 window["wait"] += time.perf_counter() - waited
-                sync = micro == t["grad_accum"] - 1 or not hasattr(self.module, "no_sync")
-                with (contextlib.nullcontext() if sync else self.module.no_sync()), self.autocast:
-                    loss, _ = self.module(batch, self.generator)
-                (loss / t["grad_accum"]).backward()
-                loss_sum += loss.detach()
-                window["tokens"] += self.objective.tokens(batch)
+                window["tokens"] += self.objective.tokens(batches[-1])
+            loss_share = accumulate(self.module, self.objective, batches, world=self.world, generator=self.generator,
+                                    autocast=self.autocast)
             gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), t["grad_clip"])
             if hasattr(gnorm, "full_tensor"):  # FSDP: each rank holds a partial norm
                 gnorm = gnorm.full_tensor()
@@ -320,7 +347,7 @@ class Loop:
             step += 1
             position["step"] = step
             # Tensors until the next log line: converting every step would wait for the GPU every step.
-            window["loss"] += loss_sum / t["grad_accum"]
+            window["loss"] += loss_share  # summed over the workers: world x the step's loss
             window["gnorm"] += gnorm.detach()
             window["steps"] += 1
             last = step == t["max_steps"]

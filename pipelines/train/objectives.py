@@ -3,8 +3,11 @@
 An objective is an `nn.Module` whose `forward(batch, generator)` returns `(loss, stats)`, where `stats` maps a
 metric name to `(sum, count)` tensors — sums add up across micro-batches, evaluation batches and workers, and
 the loop divides once. Wrapping the model lets DDP/FSDP see every head an objective uses inside one `forward`.
-Every objective lists its `stat_names` (the same on every worker, so they can be summed with one all-reduce)
-and counts its `flops_per_token` (for MFU: only the heads it runs, where it runs them).
+Every objective lists its `stat_names` (the same on every worker, so they can be summed with one all-reduce),
+counts its `flops_per_token` (for MFU: only the heads it runs, where it runs them) and its `loss_units(batch)`:
+what its loss is a mean over (tokens, assistant tokens, examples, rankings, pairs), so that the loop weights each
+micro-batch by its share of the whole optimizer step's units — every micro-batch of every worker — and the step's
+gradient is that of one batch holding them all.
 Adding an objective is a class here, an entry in OBJECTIVES and a conf/objective/*.yaml; the loop never changes.
 
 - `clm`: next-token cross-entropy over packed blocks (decoder).
@@ -13,9 +16,11 @@ Adding an objective is a class here, an entry in OBJECTIVES and a conf/objective
   the tokenizer's `first_ordinary_id`: no special or byte-fallback piece), the rest stay — the model predicts
   the originals at all chosen positions (encoder).
 - `nsp`: is segment B the next sentence after A? (encoder, pooled first token).
-- `mlm_nsp`: the sum of both, on the same batch (BERT pre-training).
+- `mlm_nsp`: the sum of both, on the same batch (BERT pre-training). The encoder objectives weight micro-batches
+  by their examples (the masked positions are drawn in the forward pass).
 - `sft`: next-token cross-entropy on the assistant tokens of padded chat examples only (`loss_mask`), averaged over
-  those tokens (decoder; instruction tuning and generative tasks). Each batch is trimmed to its longest example.
+  those tokens — all of the optimizer step's, through `loss_units` (decoder; instruction tuning and generative
+  tasks). Each batch is trimmed to its longest example.
 - `classify`: cross-entropy of a sequence classifier's logits against the example's label (encoder plus head).
 - `reward`: a reward model (decoder plus scalar head) on rankings: the Bradley-Terry loss over all K(K-1)/2 ordered
   pairs of each K-way ranking, every ranking weighted equally (InstructGPT); `acc` is the pairwise accuracy.
@@ -63,6 +68,11 @@ def _stat(total: torch.Tensor, count) -> tuple[torch.Tensor, torch.Tensor]:
     return total.detach().float(), torch.as_tensor(count, dtype=torch.float32, device=total.device)
 
 
+def _units(count, like: torch.Tensor) -> torch.Tensor:
+    """A loss's unit count as a float64 scalar on the batch's device (summed over a step without a host sync)."""
+    return torch.as_tensor(count, device=like.device).to(torch.float64)
+
+
 class CausalLM(nn.Module):
     model_kind, shard_format, ppl_of = "decoder", "clm", "loss"
     stat_names = ("loss",)
@@ -89,6 +99,9 @@ class CausalLM(nn.Module):
     @staticmethod
     def tokens(batch) -> int:
         return batch["input_ids"].shape[0] * (batch["input_ids"].shape[1] - 1)
+
+    def loss_units(self, batch) -> torch.Tensor:
+        return _units(self.tokens(batch), batch["input_ids"])
 
 
 def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
@@ -122,6 +135,10 @@ class SupervisedChat(CausalLM):
     def tokens(self, batch) -> int:
         return int((batch["input_ids"] != self.pad_id).sum())
 
+    def loss_units(self, batch) -> torch.Tensor:
+        """The assistant tokens the loss is over: the targets where `loss_mask` is set."""
+        return _units(batch["loss_mask"][:, 1:].sum(), batch["loss_mask"])
+
 
 class Classification(nn.Module):
     model_kind, shard_format, ppl_of = "encoder", "classify", None
@@ -148,6 +165,9 @@ class Classification(nn.Module):
 
     def tokens(self, batch) -> int:
         return int((batch["input_ids"] != self.pad_id).sum())
+
+    def loss_units(self, batch) -> torch.Tensor:
+        return _units(len(batch["label"]), batch["label"])
 
 
 def rankings(batch: Mapping[str, torch.Tensor], max_responses: int, pad_id: int):
@@ -196,6 +216,10 @@ class RewardRanking(nn.Module):
     def tokens(self, batch) -> int:
         return int((batch["input_ids"] != self.pad_id).sum())
 
+    def loss_units(self, batch) -> torch.Tensor:
+        """Rankings: each weighs the same in the Bradley-Terry loss."""
+        return _units(len(batch["num_responses"]), batch["num_responses"])
+
 
 class DirectPreference(nn.Module):
     model_kind, shard_format, ppl_of = "decoder", "preference", None
@@ -234,6 +258,10 @@ class DirectPreference(nn.Module):
 
     def tokens(self, batch) -> int:
         return int((batch["input_ids"] != self.pad_id).sum())
+
+    def loss_units(self, batch) -> torch.Tensor:
+        """Pairs: the best response against each worse one."""
+        return _units((batch["num_responses"].long() - 1).sum(), batch["num_responses"])
 
 
 class PairObjective(nn.Module):
@@ -293,6 +321,10 @@ class PairObjective(nn.Module):
     @staticmethod
     def tokens(batch) -> int:
         return batch["input_ids"].numel()
+
+    @staticmethod
+    def loss_units(batch) -> torch.Tensor:
+        return _units(len(batch["input_ids"]), batch["input_ids"])
 
 
 class MaskedLM(PairObjective):

@@ -33,13 +33,15 @@ def test_seeded_sampling_is_reproducible(decoder):
     assert a == b and a.tokens != c.tokens
 
 
-def test_logprobs_match_full_recompute(decoder):
-    out = generate(decoder, PROMPTS, max_new_tokens=8, temperature=1.3, top_k=20, pad_id=0, seed=1)
+@pytest.mark.parametrize("temperature, top_k", [(1.3, 20), (0.7, 0)])
+def test_logprobs_are_of_the_distribution_sampled_from(decoder, temperature, top_k):
+    # what an RLHF learner must score a sampled token with: softmax(logits / temperature), filtered like the draw
+    out = generate(decoder, PROMPTS, max_new_tokens=8, temperature=temperature, top_k=top_k, pad_id=0, seed=1)
     with torch.no_grad():
         for prompt, tokens, logprobs in zip(PROMPTS, out.tokens, out.logprobs):
             seq = torch.tensor([prompt + tokens])
-            logp = F.log_softmax(decoder(seq)[0, len(prompt) - 1 : -1], dim=-1)  # raw distribution, no temperature
-            expected = logp.gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
+            logits = filter_logits(decoder(seq)[0, len(prompt) - 1 : -1] / temperature, top_k=top_k)
+            expected = F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
             torch.testing.assert_close(torch.tensor(logprobs), expected, rtol=0, atol=1e-5)
 
 
