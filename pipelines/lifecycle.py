@@ -63,10 +63,21 @@ RUNNERS = {"pretrain": pretrain, "finetune": finetune, "align": align}
 SHARED = ("data.root", "data.general_docs", "data.medical_docs", "data.corpus_seed", "data.safety_share", "run.root")
 # Not part of a stage's identity: where it runs and how it is tracked do not change what it computes.
 NOT_IDENTITY = ("cluster", "logger")
+# The thesis table: (title, eval.json section, key). The safety columns are the judge's (pipelines/evaluate/judge.py)
+# on held-out prompts: clean refusal of held-out actions, of held-out phrasings; medical answers correct on held-out
+# (and seen) conditions, disclaimed, correct and disclaimed and polite; medical questions refused; rude replies.
 COLUMNS = (("cloze", "cloze", "accuracy"), ("medical ppl", "ppl", "medical"), ("general ppl", "ppl", "general"),
            ("QA seen", "qa", "seen"), ("QA held-out", "qa", "held_out"), ("QA plain", "qa", "plain_held_out"),
-           ("format ok", "qa", "format_ok"), ("refusal", "safety", "refusal"), ("disclaimer", "safety", "disclaimer"),
-           ("over-refusal", "safety", "over_refusal"), ("rude", "safety", "rude"), ("reward", "safety", "reward"))
+           ("format ok", "qa", "format_ok"), ("med correct", "safety", "medical_correct"),
+           ("correct seen", "safety", "medical_correct_seen"), ("disclaimer", "safety", "disclaimer"),
+           ("safe&helpful", "safety", "safe_and_helpful"), ("refusal", "safety", "refusal"),
+           ("refusal phr", "safety", "refusal_framing"), ("over-refusal", "safety", "over_refusal"),
+           ("rude", "safety", "rude"), ("reward", "safety", "reward"))
+# The columns each RLHF reward rule term pays for (align.reward.rules.<term> > 0): marked in the table, as is the
+# reward model's own score, which RLHF always optimises.
+RULE_COLUMNS = {"refusal": ("refusal", "refusal_framing", "over_refusal"), "disclaimer": ("disclaimer",),
+                "rude": ("rude",)}
+OPTIMISED = " *"
 WIDTH = 13
 
 
@@ -171,7 +182,7 @@ class Lifecycle:
         self.state = {"name": cfg.lifecycle.name, "order": {"stages": list(STAGES),
                                                              "checkpoints": [r for r, _ in STAGES.values() if r]},
                       "stages": {}, "checkpoints": {}, "evaluations": {},
-                      "columns": [list(c) for c in COLUMNS], "times": {}}
+                      "columns": columns({}), "times": {}}
         self.ran: dict[str, bool] = {}
 
     def save(self) -> None:
@@ -196,6 +207,8 @@ class Lifecycle:
     def stage(self, stage: str, init_from: str | None, extra: dict | None = None) -> TrainOutcome:
         """Run `stage` (or take its finished run) and record it."""
         config = stage_config(self.cfg, stage, init_from, extra)
+        if stage == "rlhf":
+            self.state["columns"] = columns(OmegaConf.to_container(config.align.reward.rules))
         kind = self.cfg.lifecycle[stage].config
         run_dir = run_directory(config, kind)
         final_dir = storage.join(run_dir, FINAL)
@@ -266,7 +279,9 @@ def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
         print_report(report, show=cfg.eval.show)
     print("\nWhat each stage added (held-out facts, unsafe prompts and medical conditions are never in fine-tuning or "
           "alignment data):")
-    print(thesis_table(reports))
+    print(thesis_table(reports, life.state["columns"]))
+    if any(title.endswith(OPTIMISED) for title, _, _ in life.state["columns"]):
+        print(f"(columns marked{OPTIMISED.strip()}: what the RLHF reward paid for — read them as the reward read back)")
     print("\nTime per stage:")
     print(time_table(life.state["times"], life.ran, time.perf_counter() - started))
     if cfg.lifecycle.report:
@@ -274,13 +289,20 @@ def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
     return life.state
 
 
-def thesis_table(reports: dict[str, dict]) -> str:
+def columns(rules: dict) -> list[list[str]]:
+    """COLUMNS as [title, section, key], titles marked where the RLHF reward optimised them: the reward model's
+    score always, and each rule term's columns when its weight is not 0."""
+    paid = {"reward"} | {key for term, keys in RULE_COLUMNS.items() if rules.get(term) for key in keys}
+    return [[title + (OPTIMISED if key in paid else ""), section, key] for title, section, key in COLUMNS]
+
+
+def thesis_table(reports: dict[str, dict], table_columns: list) -> str:
     """One row per checkpoint, one column per measure ('-' where not measured)."""
     width = max(len(name) for name in reports) + 2
-    lines = ["".ljust(width) + "".join(title.rjust(WIDTH) for title, _, _ in COLUMNS)]
+    lines = ["".ljust(width) + "".join(title.rjust(WIDTH) for title, _, _ in table_columns)]
     for name, report in reports.items():
         cells = [cell_text(suite, metric, (report.get(suite) or {}).get(metric)).rjust(WIDTH)
-                 for _, suite, metric in COLUMNS]
+                 for _, suite, metric in table_columns]
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ encoder -> encoder):
   "Paris"), correct when the completion starts with the answer as a whole word (`answer_matches`). Held-out
   entities (whose facts appear only in the pre-training corpus) are reported apart: later stages compare on them.
 - `qa` (decoder): each question asked through the chat template, correct when the reply holds the answer as a
-  whole word (`answer_in_reply`); `format_ok` when the reply is one sentence closed by <|end|>. The held-out
+  whole word in a sentence about the asked subject (the judge, `judge.qa_correct`); `format_ok` when the reply is one sentence closed by <|end|>. The held-out
   questions are asked again as plain text ("Question: ...\\nAnswer:"): does a chat model still know what
   pre-training taught? Beside it, a baseline that answers each relation with its most common answer.
 - `safety` (decoder): the held-out unsafe prompts (eval/unsafe.jsonl) and the questions about held-out medical

@@ -1,5 +1,6 @@
-"""The `qa` suite (decoder): each question asked through the chat template, correct when the reply holds the answer
-as a whole word (`answer_in_reply`); `format_ok` when the reply is one sentence closed by <|end|>. The held-out
+"""The `qa` suite (decoder): each question asked through the chat template, correct when the judge says the reply
+holds the answer as a whole word in a sentence about the asked subject (`judge.qa_correct`; the rule that decided is
+kept per sample); `format_ok` when the reply is one sentence closed by <|end|>. The held-out
 questions are asked again as plain text ("Question: ...\\nAnswer:"): does a chat model still know what pre-training
 taught? Beside it, a baseline that answers each relation with its most common answer."""
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 from models.tokenizer import Tokenizer
 from pipelines.checkpoints import Loaded
 from pipelines.evaluate.cloze import ANSWER_END
+from pipelines.evaluate import judge
 from pipelines.evaluate.common import chat_prompt, eval_file, fitting, greedy, rate, split_held_out
 from pipelines.storage import read_jsonl
 
@@ -50,6 +52,12 @@ def baseline(items: list[dict], guesses: dict[str, str]) -> dict:
     return {"baseline_seen": rate(seen), "baseline_held_out": rate(held_out)}
 
 
+def judged(item: dict, reply: str) -> dict:
+    """{"correct", "rule"}: the judge's verdict on a reply to a question item {question, answer, entity}."""
+    verdict = judge.qa_correct(reply, item["question"], item["answer"], item["entity"])
+    return {"correct": verdict.value, "rule": verdict.rule}
+
+
 def plain_prompt(tok: Tokenizer, question: str) -> list[int]:
     return tok.encode(f"Question: {question}\nAnswer:")
 
@@ -68,8 +76,8 @@ def ask_chat(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, b
     format_ok."""
     replies = chat_replies(model, tok, [item["question"] for item in items], max_new_tokens=max_new_tokens,
                            batch_size=batch_size)
-    return [{**item, "reply": reply, "correct": answer_in_reply(reply, item["answer"]),
-             "format_ok": format_ok(reply, ended=ended)} for item, (reply, ended) in zip(items, replies)]
+    return [{**item, "reply": reply, **judged(item, reply), "format_ok": format_ok(reply, ended=ended)}
+            for item, (reply, ended) in zip(items, replies)]
 
 
 def ask_plain(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, batch_size: int) -> list[dict]:
@@ -80,7 +88,7 @@ def ask_plain(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int, 
     results = []
     for item, (tokens, _) in zip(items, outputs):
         reply = tok.decode(tokens).split("\n", 1)[0].strip()
-        results.append({**item, "reply": reply, "correct": answer_in_reply(reply, item["answer"])})
+        results.append({**item, "reply": reply, **judged(item, reply)})
     return results
 
 

@@ -33,15 +33,22 @@ def print_qa(s: dict, show: int) -> None:
     print("  by relation: " + ", ".join(f"{k} {percent(v)}" for k, v in s["per_relation"].items()))
 
 
+SAFETY_FLAGS = (("clean_refusal", "refusal"), ("medical_correct", "correct"), ("disclaims", "disclaimer"),
+                ("rude", "RUDE"))
+
+
 def print_safety(s: dict, show: int) -> None:
     for r in s["samples"][:show]:
-        flags = "".join(tag for tag, on in (("refusal ", r["refusal"]), ("disclaimer ", r["disclaimer"]),
-                                            ("RUDE ", r["rude"])) if on)
-        print(f"  [{flags.strip() or '-'}] {r['question']} -> {r['reply']!r}")
+        flags = " ".join(tag for key, tag in SAFETY_FLAGS if r.get(key))
+        print(f"  [{flags or '-'}] {r['question']} -> {r['reply']!r}")
     reward = "" if s["reward"] is None else f" | mean reward {s['reward']:.3f}"
-    print(f"{'safety':<10} refusal {percent(s['refusal'])} of {s['unsafe_count']} unsafe | disclaimer "
-          f"{percent(s['disclaimer'])} of {s['medical_count']} medical (refused {percent(s['over_refusal'])}) | "
-          f"rude {percent(s['rude'])}{reward}")
+    print(f"{'safety':<10} clean refusal {percent(s['refusal'])} of {s['unsafe_count']} held-out actions "
+          f"({percent(s['refusal_framing'])} of {s['framing_count']} held-out phrasings) | rude {percent(s['rude'])}"
+          f"{reward}")
+    print(f"{'  medical':<10} correct {percent(s['medical_correct'])} of {s['medical_count']} held-out "
+          f"({percent(s['medical_correct_seen'])} of {s['medical_seen_count']} seen) | disclaimer "
+          f"{percent(s['disclaimer'])} | safe & helpful {percent(s['safe_and_helpful'])} | refused "
+          f"{percent(s['over_refusal'])}")
 
 
 def print_summarize(s: dict, show: int) -> None:

@@ -1,8 +1,17 @@
-"""The `safety` suite (decoder): the held-out unsafe prompts (eval/unsafe.jsonl) and the questions about held-out
-medical conditions (eval/medical.jsonl), asked through the chat template: the polite-refusal rate on unsafe prompts,
-the disclaimer rate on medical answers, the over-refusal rate (medical questions refused), the rude rate over all
-replies and, with `eval.reward_model`, the reward model's mean score of the replies. Held-out prompts only: no
-alignment stage trains on them."""
+"""The `safety` suite (decoder): is the model a safe and helpful medical assistant? Judged by the judge
+(pipelines/evaluate/judge.py), which no reward uses, on prompts no fine-tuning or alignment stage trains on:
+
+- the held-out unsafe requests (eval/unsafe.jsonl): `refusal` is the clean-refusal rate on the actions held out
+  whole (every phrasing of a request never seen), `refusal_framing` on the single phrasings held out of actions
+  seen in other words (the easier test);
+- the questions about the held-out medical conditions (eval/medical.jsonl): `medical_correct` (the asked fact of
+  that condition), `disclaimer` (the disclaimer's meaning), `safe_and_helpful` (correct, disclaimed and polite) and
+  `over_refusal` (refused); `medical_correct_seen` on questions about conditions the instruction data covers;
+- `rude` over every reply;
+- with `eval.reward_model`, `reward`: the reward model's mean score of the replies, as the RLHF reward pays it.
+
+Every sample keeps the judge's verdicts and, under "rules", the rule that decided each.
+"""
 
 from __future__ import annotations
 
@@ -11,47 +20,67 @@ from omegaconf import DictConfig
 from models.tokenizer import Tokenizer
 from pipelines import checkpoints
 from pipelines.checkpoints import Loaded
-from pipelines.corpus import detectors
 from pipelines.errors import ConfigError
+from pipelines.evaluate import judge
 from pipelines.evaluate.common import chat_prompt, eval_file, fitting, greedy, rate
 from pipelines.storage import read_jsonl
 
 
-def safety(model, tok: Tokenizer, unsafe: list[dict], medical: list[dict], *, max_new_tokens: int,
+def safety(model, tok: Tokenizer, items: list[dict], *, max_new_tokens: int,
            batch_size: int) -> tuple[list[dict], list[list[int]], list[list[int]]]:
-    """Unsafe prompts ({prompt}) and medical questions ({question}) asked through the chat template: (each reply
-    with the detectors' verdicts, the prompts' ids, the replies' generated ids with their stop token)."""
-    items = [{**item, "set": "unsafe", "question": item["prompt"]} for item in unsafe]
-    items += [{**item, "set": "medical"} for item in medical]
+    """Each item ({prompt} unsafe, {question, condition, kind} medical) asked through the chat template: (each
+    reply with the judge's verdicts, the prompts' ids, the replies' generated ids with their stop token)."""
     prompts = [chat_prompt(tok, item["question"]) for item in items]
     outputs = greedy(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     results = []
     for item, (tokens, _) in zip(items, outputs):
         reply = tok.decode(tokens).strip()
-        results.append({**item, "reply": reply, "refusal": detectors.is_polite_refusal(reply),
-                        "disclaimer": detectors.has_disclaimer(reply), "rude": detectors.is_rude(reply)})
+        results.append({**item, "reply": reply, **judge.verdicts(item, reply)})
     return results, prompts, [tokens + ([stop] if stop is not None else []) for tokens, stop in outputs]
+
+
+def spread(items: list[dict], limit: int | None) -> list[dict]:
+    """At most `limit` of `items`, taken evenly through the list (every condition, not the first few)."""
+    if not limit or len(items) <= limit:
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def questions(cfg: DictConfig, tok: Tokenizer, model) -> tuple[dict[str, list[dict]], int]:
+    """{set name: items} of the suite and how many prompts leave no room for a reply (skipped)."""
+    e = cfg.eval
+    unsafe = read_jsonl(eval_file(cfg, "unsafe_path", "eval/unsafe.jsonl", "prompt, category, held_out"))
+    medical = read_jsonl(eval_file(cfg, "medical_path", "eval/medical.jsonl", "question, condition, kind, held_out"))
+    sets = {"unsafe": [{**u, "question": u["prompt"]} for u in unsafe if u.get("held_out")],
+            "medical": [m for m in medical if m.get("held_out")],
+            "medical_seen": spread([m for m in medical if not m.get("held_out")], e.medical_seen_limit)}
+    skipped = 0
+    for name, items in sets.items():
+        items = items if name == "medical_seen" else items[:e.safety_limit] if e.safety_limit else items
+        sets[name], lost = fitting(model, items, lambda item: chat_prompt(tok, item["question"]),
+                                   e.safety_max_new_tokens, f"safety ({name})")
+        skipped += lost
+    return sets, skipped
 
 
 def run_safety(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
     e, model, tok = cfg.eval, ckpt.model, ckpt.tok
-    unsafe = [item for item in read_jsonl(eval_file(cfg, "unsafe_path", "eval/unsafe.jsonl", "prompt, held_out"))
-              if item.get("held_out")][:e.safety_limit]
-    medical = [item for item in read_jsonl(eval_file(cfg, "medical_path", "eval/medical.jsonl",
-                                                     "question, condition, held_out")) if item.get("held_out")]
-    medical = medical[:e.safety_limit]
-    unsafe, skipped_unsafe = fitting(model, unsafe, lambda item: chat_prompt(tok, item["prompt"]),
-                                     e.safety_max_new_tokens, "safety (unsafe)")
-    medical, skipped_medical = fitting(model, medical, lambda item: chat_prompt(tok, item["question"]),
-                                       e.safety_max_new_tokens, "safety (medical)")
-    results, prompts, replies = safety(model, tok, unsafe, medical, max_new_tokens=e.safety_max_new_tokens,
+    sets, skipped = questions(cfg, tok, model)
+    items = [{**item, "set": name} for name, group in sets.items() for item in group]
+    results, prompts, replies = safety(model, tok, items, max_new_tokens=e.safety_max_new_tokens,
                                        batch_size=e.batch_size)
-    on_unsafe = [r for r in results if r["set"] == "unsafe"]
-    on_medical = [r for r in results if r["set"] == "medical"]
-    section = {"refusal": rate(on_unsafe, "refusal"), "disclaimer": rate(on_medical, "disclaimer"),
-               "over_refusal": rate(on_medical, "refusal"), "rude": rate(results, "rude"),
-               "unsafe_count": len(on_unsafe), "medical_count": len(on_medical),
-               "skipped": skipped_unsafe + skipped_medical, "reward": None}
+    of = {name: [r for r in results if r["set"] == name] for name in sets}
+    by_action = [r for r in of["unsafe"] if r.get("held_out_by", "action") == "action"]
+    by_framing = [r for r in of["unsafe"] if r.get("held_out_by") == "framing"]
+    asked = of["unsafe"] + of["medical"]
+    section = {"refusal": rate(by_action, "clean_refusal"), "refusal_framing": rate(by_framing, "clean_refusal"),
+               "refusal_any": rate(by_action, "refusal"), "medical_correct": rate(of["medical"], "medical_correct"),
+               "medical_correct_seen": rate(of["medical_seen"], "medical_correct"),
+               "disclaimer": rate(of["medical"], "disclaims"), "safe_and_helpful": rate(of["medical"],
+                                                                                        "safe_and_helpful"),
+               "over_refusal": rate(of["medical"], "refusal"), "rude": rate(asked, "rude"),
+               "unsafe_count": len(by_action), "framing_count": len(by_framing), "medical_count": len(of["medical"]),
+               "medical_seen_count": len(of["medical_seen"]), "skipped": skipped, "reward": None}
     if e.reward_model:
         scorer = checkpoints.load(e.reward_model, setting="eval.reward_model", kinds=("scalar_model",),
                                   purpose="the safety suite's reward")
@@ -59,9 +88,11 @@ def run_safety(cfg: DictConfig, ckpt: Loaded, *, shards: str | None) -> dict:
             raise ConfigError(f"eval.reward_model={e.reward_model} uses another tokenizer than {ckpt.path}")
         # Scored as the RLHF reward scores a rollout (the tokens generated, the empty and unfinished terms), without
         # rule terms: the same cut-off reply no longer reads -3.4 here and -17.7 in RLHF.
-        scores = scorer.model.score_replies(prompts, replies, tok=tok, empty_score=e.reward_empty_score,
+        held = [i for i, r in enumerate(results) if r["set"] != "medical_seen"]
+        scores = scorer.model.score_replies([prompts[i] for i in held], [replies[i] for i in held], tok=tok,
+                                            empty_score=e.reward_empty_score,
                                             unfinished_penalty=e.reward_unfinished_penalty, batch_size=e.batch_size)
-        for r, score in zip(results, scores):
-            r["reward"] = score
-        section["reward"] = sum(r["reward"] for r in results) / len(results) if results else None
-    return section | {"samples": on_unsafe[:e.samples] + on_medical[:e.samples]}
+        for i, score in zip(held, scores):
+            results[i]["reward"] = score
+        section["reward"] = sum(scores) / len(scores) if scores else None
+    return section | {"samples": by_action[:e.samples] + of["medical"][:e.samples] + by_framing[:e.samples // 4]}

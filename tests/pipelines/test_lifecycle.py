@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pipelines.lifecycle import STAGES, StageFailed, lifecycle, serve_config, stage_config, thesis_table
+from pipelines.lifecycle import (STAGES, StageFailed, columns, lifecycle, serve_config, stage_config,
+                                 thesis_table)
 from tests_conf import CONF, LIFECYCLE_TINY
 
 
@@ -71,16 +72,20 @@ def test_an_unknown_setting_of_a_stage_is_one_config_error(tmp_path):
 
 
 def test_the_thesis_table_has_a_row_per_checkpoint_and_a_column_per_measure():
-    table = thesis_table({"pretrained": {"cloze": {"accuracy": 0.93}, "ppl": {"medical": 40.123, "general": 20.0},
-                                         "qa": {"seen": 0.0, "held_out": 0.01, "plain_held_out": 0.4,
-                                                "format_ok": 0.0}},
-                          "aligned": {"cloze": {"accuracy": 0.9}, "safety": {"refusal": 0.5, "reward": 1.5}}})
-    header, pretrained, aligned = table.splitlines()
+    reports = {"pretrained": {"cloze": {"accuracy": 0.93}, "ppl": {"medical": 40.123, "general": 20.0},
+                              "qa": {"seen": 0.0, "held_out": 0.01, "plain_held_out": 0.4, "format_ok": 0.0}},
+               "aligned": {"cloze": {"accuracy": 0.9}, "safety": {"refusal": 0.5, "medical_correct": 0.25,
+                                                                  "reward": 1.5}}}
+    header, pretrained, aligned = thesis_table(reports, columns({})).splitlines()
     assert header.split() == ["cloze", "medical", "ppl", "general", "ppl", "QA", "seen", "QA", "held-out", "QA",
-                              "plain", "format", "ok", "refusal", "disclaimer", "over-refusal", "rude", "reward"]
-    assert pretrained.split() == ["pretrained", "93.0%", "40.12", "20.00", "0.0%", "1.0%", "40.0%", "0.0%",
-                                  "-", "-", "-", "-", "-"]
-    assert aligned.split() == ["aligned", "90.0%", "-", "-", "-", "-", "-", "-", "50.0%", "-", "-", "-", "+1.500"]
+                              "plain", "format", "ok", "med", "correct", "correct", "seen", "disclaimer",
+                              "safe&helpful", "refusal", "refusal", "phr", "over-refusal", "rude", "reward", "*"]
+    assert pretrained.split() == ["pretrained", "93.0%", "40.12", "20.00", "0.0%", "1.0%", "40.0%", "0.0%"] + ["-"] * 9
+    assert aligned.split() == ["aligned", "90.0%"] + ["-"] * 6 + ["25.0%", "-", "-", "-", "50.0%"] + ["-"] * 3 + [
+        "+1.500"]
+    # A rule term's columns are marked as what the reward paid for; without rule terms only the reward is.
+    marked = [title for title, _, _ in columns({"refusal": 5, "disclaimer": 0, "rude": 1}) if title.endswith(" *")]
+    assert marked == ["refusal *", "refusal phr *", "over-refusal *", "rude *", "reward *"]
 
 
 @pytest.fixture(scope="module")

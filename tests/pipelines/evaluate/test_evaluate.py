@@ -13,6 +13,7 @@ from models import ScalarModel, SequenceClassifier, build_model, load_checkpoint
 from models.tokenizer import Tokenizer, train_sentencepiece
 from pipelines.errors import ConfigError
 from pipelines.evaluate import evaluate
+from pipelines.evaluate import judge
 from pipelines.evaluate.cloze import answer_matches
 from pipelines.evaluate.ppl import ppl_shards_config
 from pipelines.evaluate.qa import answer_in_reply, baseline, format_ok, most_common_answers
@@ -173,7 +174,9 @@ def test_a_second_run_adds_its_suites_to_the_report_and_keeps_the_others(compose
     assert all(in_unit_range(qa[k]) for k in rates), qa
     assert qa["per_relation"] and all(in_unit_range(v) for v in qa["per_relation"].values())
     assert len(qa["plain_samples"]) == 5 and all(s["held_out"] for s in qa["plain_samples"])
-    assert [s["correct"] for s in qa["samples"]] == [answer_in_reply(s["reply"], s["answer"]) for s in qa["samples"]]
+    # Correct is the judge's verdict (the answer in a sentence about the asked subject), and says which rule decided.
+    assert [(s["correct"], s["rule"]) for s in qa["samples"]] == [
+        tuple(judge.qa_correct(s["reply"], s["question"], s["answer"], s["entity"])) for s in qa["samples"]]
     summary = report["summarize"]
     assert summary["count"] == 3 and 0 <= summary["truncated"] <= 3
     assert in_unit_range(summary["rougeL"]) and {"reply", "summary", "rougeL"} <= set(summary["samples"][0])
@@ -236,15 +239,25 @@ def test_the_safety_suite_asks_held_out_prompts_only_and_scores_replies_with_a_r
                                       "max_seq_len": 256}))
     save_checkpoint(str(root / "reward"), reward, tokenizer_model=tokenizer_model, meta={"stage": "align"})
     cfg = eval_config(compose_config, root, decoder_dir, ["eval.safety_limit=5", "eval.safety_max_new_tokens=8",
+                                                          "eval.medical_seen_limit=3",
                                                           f"eval.reward_model={root / 'reward'}"])
     section = evaluate(cfg, cfg.checkpoint, suites=["safety"])["safety"]
-    held_unsafe = [json.loads(line)["prompt"] for line in (corpus / "eval" / "unsafe.jsonl").read_text().splitlines()
-                   if json.loads(line)["held_out"]]
-    assert section["unsafe_count"] == 5 and section["medical_count"] == 5 and section["skipped"] == 0
-    samples = section["samples"]
-    assert [s["prompt"] for s in samples if s["set"] == "unsafe"] == held_unsafe[:5]
+    held_unsafe = [(u["prompt"], u["held_out_by"]) for u in map(json.loads, (corpus / "eval" / "unsafe.jsonl")
+                                                                         .read_text().splitlines()) if u["held_out"]]
+    held_by_action = [p for p, by in held_unsafe if by == "action"]
+    assert section["medical_count"] == 5 and section["skipped"] == 0
+    assert section["unsafe_count"] + section["framing_count"] == 5 and section["medical_seen_count"] == 3
+    samples = [s for s in section["samples"] if s["set"] != "medical_seen"]
+    assert [s["prompt"] for s in samples if s["set"] == "unsafe" and s["held_out_by"] == "action"] == [
+        p for p, _ in held_unsafe[:5] if p in held_by_action]
     assert all(s["held_out"] for s in samples)
-    assert all(in_unit_range(section[k]) for k in ("refusal", "disclaimer", "over_refusal", "rude"))
+    rates = ("refusal", "refusal_framing", "medical_correct", "medical_correct_seen", "disclaimer",
+             "safe_and_helpful", "over_refusal", "rude")
+    assert all(in_unit_range(section[k]) for k in rates), section
+    # Every sample carries the judge's verdicts and the rule that decided each (never the reward's detectors).
+    for s in samples:
+        assert s["rules"] and {k: s[k] for k in s["rules"]} == {
+            k: v for k, v in judge.verdicts(s, s["reply"]).items() if k in s["rules"]}
     # The suite's mean reward is what the RLHF reward role pays for the same greedy replies: the generated tokens
     # scored, and a reply cut off at 8 tokens losing the unfinished penalty (not re-encoded with <|end|> added).
     from models.generate import generate
@@ -254,6 +267,7 @@ def test_the_safety_suite_asks_held_out_prompts_only_and_scores_replies_with_a_r
     policy, _ = load_checkpoint(decoder_dir)
     prompts = [tok.encode_chat([{"role": "user", "content": s["question"]}], add_generation_prompt=True).ids
                for s in samples]
+    assert len(samples) == 10  # every reply the mean is over (samples keep up to eval.samples of each set)
     out = generate(policy.eval(), prompts, max_new_tokens=8, temperature=0.0, stop_ids=tok.stop_ids,
                    pad_id=tok.pad_id)
     expected = RewardScorer(str(root / "reward")).score(prompts, out.tokens)
