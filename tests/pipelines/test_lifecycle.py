@@ -5,6 +5,7 @@ stack — then re-run (everything kept), changed at its last stage (only that re
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,16 @@ def test_a_failing_stage_stops_the_chain_with_one_line_naming_it(tiny_life):
     assert "missing.jsonl" in message and f"{root}/runs/align/demo-rlhf-" in message
     log = root / "logs-failed" / "rlhf.log"
     assert f"log {log}" in message and "Traceback" in log.read_text()
+
+
+def test_the_chain_is_deterministic_a_stage_run_again_gives_the_same_evaluation(tiny_life):
+    """The README's tables are reproducible because the chain is: the RLHF stage (actors, sampling, two learners'
+    worth of seeds) run again from scratch on the same config gives an identical eval.json."""
+    run, root, first = tiny_life
+    aligned = Path(first["checkpoints"]["aligned"])
+    before = json.loads((aligned / "eval.json").read_text())
+    shutil.move(aligned.parent, root / "first-rlhf-run")  # its run directory gone: the stage runs again
+    again = run(logs="logs-again-from-scratch")
+    assert [s for s, info in again["stages"].items() if not info["skipped"]] == ["rlhf"]
+    assert again["checkpoints"]["aligned"] == str(aligned)
+    assert json.loads((aligned / "eval.json").read_text()) == before
