@@ -41,7 +41,7 @@ from pipelines.entry import stage_main
 from pipelines.errors import ConfigError
 from pipelines.train.driver import FINAL
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)  # not "__main__" under `python -m`
 
 STAGE = "finetune"
 CONFIG = "config.json"

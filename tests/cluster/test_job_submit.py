@@ -1,6 +1,7 @@
 """Jobs on a cluster from `ray start --head` (one head for the module): `ray job submit --working-dir . -- python -m
 pipelines.pretrain ...`, and `python -m cluster.submit` (overrides checked before submitting, logs followed, the
-job's exit code returned, --no-wait / status / logs / stop)."""
+job's exit code returned, --no-wait / status / logs / stop, --address over the variables, one-line mistakes); a
+stage's driver joining the head by its GCS address with the token file and no RAY_AUTH_MODE."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def head_node():
                 if time.time() > deadline or head.poll() is not None:
                     raise RuntimeError("the Ray head did not come up") from None
                 time.sleep(1)
-        yield address, env
+        yield address, env, f"127.0.0.1:{gcs}"
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -71,7 +72,7 @@ def head_node():
 
 
 def test_pretrain_runs_as_a_ray_job(head_node, clm_manifest, small_overrides, tmp_path):
-    address, env = head_node
+    address, env, _ = head_node
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
            "python", "-m", "pipelines.pretrain", *small_overrides, "model=decoder_tiny", "trainer.max_steps=10",
            "trainer.log_every=5", "trainer.ckpt_every=10", "trainer.micro_batch_size=8",
@@ -94,7 +95,7 @@ def submit(args: list[str], env: dict, timeout: int = 300) -> subprocess.Complet
 
 
 def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_node, clm_manifest, small_overrides):
-    address, env = head_node
+    address, env, _ = head_node
     env = env | {"RAY_API_SERVER_ADDRESS": address}
     # The data stage finds the session's shards by their manifest: a real stage, done in seconds.
     done = submit(["data", *small_overrides], env)
@@ -116,9 +117,37 @@ def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_nod
     assert "already ended" in submit(["stop", job_id], env).stdout
 
 
+def test_an_explicit_address_wins_over_the_variables_and_an_unknown_id_is_one_line(head_node):
+    address, env, _ = head_node
+    nowhere = "http://127.0.0.1:9"  # nothing listens there: a job sent there would fail to submit
+    env = env | {"RAY_API_SERVER_ADDRESS": nowhere, "RAY_ADDRESS": nowhere}
+    queued = submit(["evaluate", "checkpoint=/nonexistent/run", "--address", address, "--no-wait"], env)
+    assert queued.returncode == 0, queued.stderr[-3000:]
+    said = queued.stderr.splitlines()
+    submitted = next(i for i, line in enumerate(said) if line.startswith("submitted raysubmit_"))
+    assert said.index(f"submitting to the Ray cluster at {address} (from --address)") < submitted, queued.stderr
+    followed = submit(["logs", queued.stdout.strip(), "--follow", "--address", address], env)
+    assert followed.returncode == 2 and "error: checkpoint=/nonexistent/run does not exist" in followed.stdout
+    unknown = submit(["status", "raysubmit_nosuchjob", "--address", address], env, timeout=60)
+    assert unknown.returncode == 2 and unknown.stdout == "", unknown.stderr[-3000:]
+    assert unknown.stderr.splitlines() == [f"error: no job raysubmit_nosuchjob on the cluster at {address} (ray job "
+                                           f"list --address {address} lists them)"]
+
+
+def test_a_driver_joins_a_token_cluster_with_the_token_file_alone(head_node, clm_manifest, small_overrides):
+    _, env, gcs = head_node
+    env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}  # ~/.ray/auth_token only
+    # The data stage finds the session's shards by their manifest: it joins, checks and ends in seconds.
+    done = subprocess.run([sys.executable, "-m", "pipelines.data", *small_overrides, f"cluster.address={gcs}"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert f"joining the Ray cluster at {gcs}" in output and "reusing shards" in output
+
+
 def test_cluster_submit_checks_the_overrides_before_submitting():
     env = os.environ | {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}  # nothing listens: nothing is submitted
     typo = submit(["pretrain", "trainer.max_stepz=10"], env, timeout=60)
-    assert typo.returncode == 1 and "error: pretrain trainer.max_stepz=10:" in typo.stderr
+    assert typo.returncode == 2 and "error: pretrain trainer.max_stepz=10:" in typo.stderr
     unknown = submit(["pretrian"], env, timeout=60)
-    assert unknown.returncode == 1 and "no stage 'pretrian'; stages: align, data, evaluate" in unknown.stderr
+    assert unknown.returncode == 2 and "no stage 'pretrian'; stages: align, data, evaluate" in unknown.stderr
