@@ -126,7 +126,7 @@ def rates_chart(columns: list, evals: dict[str, dict], out: str) -> str:
                width, label=checkpoint)
     ax.set_xticks([x + width * (len(evals) - 1) / 2 for x in range(len(rates))], [t for t, _, _ in rates])
     ax.set(ylabel="%", ylim=(0, 100))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # not over the bars
     return figure(fig, "thesis", out)
 
 
@@ -192,8 +192,10 @@ def rlhf_section(stage: str, history: list[dict], out: str) -> str:
     split.set(title="time per iteration", xlabel="iteration", ylabel="seconds")
     for ax in (reward, kl, split):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if phases:  # beside the panel: inside it the legend covered the bars
-        split.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    if phases:  # beside the panel (inside it covered the bars), top to bottom as the stack
+        handles, labels = split.get_legend_handles_labels()
+        split.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                     borderaxespad=0)
     return f"<h3>{esc(stage)}</h3>" + figure(fig, f"rlhf-{stage}", out)
 
 
@@ -319,9 +321,9 @@ def settings_section(stages: dict[str, dict]) -> str:
 
 def run_line(lifecycle: dict) -> str:
     """When the run started and the commit it ran."""
-    started = lifecycle.get("started_at") or "unknown"
+    started = (lifecycle.get("started_at") or "unknown").replace("T", " ").replace("+00:00", " UTC")
     commit = lifecycle.get("commit") or "unknown (not run from a git checkout)"
-    return (f'<p id="run">run started {esc(started.replace("T", " "))}, commit '
+    return (f'<p id="run">run started {esc(started)}, commit '
             f'<code>{esc(commit)}</code></p>')
 
 

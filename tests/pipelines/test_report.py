@@ -181,7 +181,7 @@ def test_report_card_in_the_browser(runs, browser, tmp_path, tmp_path_factory):
     assert {p.stem for p in out.glob("*.png")} == FIGURES
     assert all((out / f"{name}.png").read_bytes()[:8] == PNG for name in FIGURES)
 
-    assert browser.find_element("id", "run").text == f"run started 2026-12-06 15:30:00+00:00, commit {COMMIT}"
+    assert browser.find_element("id", "run").text == f"run started 2026-12-06 15:30:00 UTC, commit {COMMIT}"
     settings = {tr.find_element("tag name", "td").text: [td.text for td in tr.find_elements("tag name", "td")][1:]
                 for tr in browser.find_elements("css selector", "#settings tr")[1:]}
     assert list(settings) == list(STAGES)
