@@ -12,11 +12,13 @@
   line, `error: ...`, with exit status 2, as the stages' own.
 - Logs are followed to the terminal; Ctrl-C asks whether to stop the job (else it keeps running and the command
   prints how to follow it again). The exit code is the job's: its driver's exit code when Ray knows it, 0 when it
-  succeeded, 1 when it failed, 130 when it was stopped.
+  succeeded, 1 when it failed, 130 when it was stopped. The closing line gives Ray's reason without the tail of
+  the logs Ray appends to it (they were just followed).
 - The address: `--address`, else RAY_API_SERVER_ADDRESS, else an http(s) RAY_ADDRESS, else http://127.0.0.1:8265;
   the command says which (and where from) before it submits. An explicit `--address` wins over both variables
-  (Ray's own client would take RAY_API_SERVER_ADDRESS over the address it is given). With token authentication (Ray's default) the client needs RAY_AUTH_MODE=token; it is set for you when
-  ~/.ray/auth_token exists and RAY_AUTH_MODE is not.
+  (Ray's own client would take RAY_API_SERVER_ADDRESS over the address it is given). With token authentication
+  (Ray's default) the client needs RAY_AUTH_MODE=token; it is set for you when ~/.ray/auth_token exists and
+  RAY_AUTH_MODE is not.
 """
 
 from __future__ import annotations
@@ -142,8 +144,14 @@ def follow(jobs, job_id: str) -> int:
         time.sleep(0.5)
     code = exit_code(info)
     print(f"job {job_id} {info.status.value.lower()} (exit code {code})"
-          + (f": {info.message}" if info.message and code else ""), file=sys.stderr)
+          + (f": {reason(info)}" if reason(info) and code else ""), file=sys.stderr)
     return code
+
+
+def reason(info) -> str:
+    """Ray's message for the job, without the tail of its logs that Ray appends when the job failed (the logs were
+    followed, or are one `logs <id>` away)."""
+    return (info.message or "").split(", last available logs", 1)[0]
 
 
 def ask(prompt: str) -> str:
@@ -210,7 +218,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     jobs, job_id = client(addr), args.args[0]
     info = job_info(jobs, job_id, addr)
     if args.what == "status":
-        print(f"{job_id}: {info.status.value}" + (f" ({info.message})" if info.message else ""))
+        print(f"{job_id}: {info.status.value}" + (f" ({reason(info)})" if reason(info) else ""))
         return 0
     if args.what == "stop":
         print(f"{job_id}: {'stopping' if jobs.stop_job(job_id) else 'already ended'}")

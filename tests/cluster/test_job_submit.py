@@ -94,7 +94,7 @@ def submit(args: list[str], env: dict, timeout: int = 300) -> subprocess.Complet
                           text=True, timeout=timeout)
 
 
-def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_node, clm_manifest, small_overrides):
+def test_cluster_submit_follows_the_logs_returns_the_jobs_exit_code_and_obeys_address(head_node, clm_manifest, small_overrides):
     address, env, _ = head_node
     env = env | {"RAY_API_SERVER_ADDRESS": address}
     # The data stage finds the session's shards by their manifest: a real stage, done in seconds.
@@ -105,30 +105,26 @@ def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_nod
     # --no-wait prints the id; logs --follow, status and stop take it. A stage that fails with a user error: its
     # one line, and its exit code (2) as ours.
     # --env hands this shell's variable to the job: the checkpoint setting is resolved from it inside the job.
-    queued = submit(["evaluate", "checkpoint=${oc.env:LMLIFE_PROBE}", "--env", "LMLIFE_PROBE", "--no-wait"],
+    # --address wins over the variables, which name a dashboard where nothing listens.
+    nowhere = "http://127.0.0.1:9"
+    env = env | {"RAY_API_SERVER_ADDRESS": nowhere, "RAY_ADDRESS": nowhere}
+    at = ["--address", address]
+    queued = submit(["evaluate", "checkpoint=${oc.env:LMLIFE_PROBE}", "--env", "LMLIFE_PROBE", "--no-wait", *at],
                     env | {"LMLIFE_PROBE": "/nonexistent/run"})
     job_id = queued.stdout.strip()
     assert queued.returncode == 0 and job_id.startswith("raysubmit_"), queued.stderr
-    followed = submit(["logs", job_id, "--follow"], env)
-    assert followed.returncode == 2, followed.stdout[-3000:] + followed.stderr[-3000:]
-    assert "error: checkpoint=/nonexistent/run does not exist" in followed.stdout
-    status = submit(["status", job_id], env)
-    assert status.returncode == 0 and f"{job_id}: FAILED" in status.stdout
-    assert "already ended" in submit(["stop", job_id], env).stdout
-
-
-def test_an_explicit_address_wins_over_the_variables_and_an_unknown_id_is_one_line(head_node):
-    address, env, _ = head_node
-    nowhere = "http://127.0.0.1:9"  # nothing listens there: a job sent there would fail to submit
-    env = env | {"RAY_API_SERVER_ADDRESS": nowhere, "RAY_ADDRESS": nowhere}
-    queued = submit(["evaluate", "checkpoint=/nonexistent/run", "--address", address, "--no-wait"], env)
-    assert queued.returncode == 0, queued.stderr[-3000:]
-    said = queued.stderr.splitlines()
+    said = queued.stderr.splitlines()  # where it goes, said before it goes
     submitted = next(i for i, line in enumerate(said) if line.startswith("submitted raysubmit_"))
     assert said.index(f"submitting to the Ray cluster at {address} (from --address)") < submitted, queued.stderr
-    followed = submit(["logs", queued.stdout.strip(), "--follow", "--address", address], env)
-    assert followed.returncode == 2 and "error: checkpoint=/nonexistent/run does not exist" in followed.stdout
-    unknown = submit(["status", "raysubmit_nosuchjob", "--address", address], env, timeout=60)
+    followed = submit(["logs", job_id, "--follow", *at], env)
+    assert followed.returncode == 2, followed.stdout[-3000:] + followed.stderr[-3000:]
+    assert "error: checkpoint=/nonexistent/run does not exist" in followed.stdout
+    assert "error: checkpoint" not in followed.stderr  # the logs once: not again in the closing line
+    status = submit(["status", job_id, *at], env)
+    assert status.returncode == 0 and status.stdout.splitlines() == [
+        f"{job_id}: FAILED (Job entrypoint command failed with exit code 2)"]
+    assert "already ended" in submit(["stop", job_id, *at], env).stdout
+    unknown = submit(["status", "raysubmit_nosuchjob", *at], env, timeout=60)
     assert unknown.returncode == 2 and unknown.stdout == "", unknown.stderr[-3000:]
     assert unknown.stderr.splitlines() == [f"error: no job raysubmit_nosuchjob on the cluster at {address} (ray job "
                                            f"list --address {address} lists them)"]
