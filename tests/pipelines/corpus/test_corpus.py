@@ -315,3 +315,9 @@ def test_held_out_unsafe_prompts_and_conditions_never_in_training(corpus):
     # The medical corpus still describes them: the knowledge is there, the behaviour was never shown.
     corpus_text = " ".join(texts(root, "medical"))
     assert all(re.search(re.escape(c), corpus_text, re.IGNORECASE) for c in held_conditions)
+
+
+def test_the_command_line_names_itself_as_it_is_typed(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m pipelines.corpus ")  # not "__main__.py"
