@@ -1,7 +1,9 @@
 """Join a Ray cluster from the `cluster` config group — the one function every stage calls first.
 
 - Inside a Ray job (`ray job submit ... -- python -m pipelines.X`) or with `RAY_ADDRESS` set: join that cluster.
-- With `cluster.address` set: join it (`auto`, `host:port` or `ray://host:10001`).
+- With `cluster.address` set: join it (`auto`, `host:port` or `ray://host:10001`). With token authentication
+  (Ray's default) the driver sends this machine's token when RAY_AUTH_MODE is unset and one exists
+  (~/.ray/auth_token), as `cluster.submit` does; a refused token is one line saying what to set.
 - Otherwise: start an embedded local cluster sized for this machine (`cluster.num_cpus`, default all cores).
 - Already connected (a test session, a notebook): reuse the connection, start nothing twice.
 
@@ -43,7 +45,17 @@ def connect(cfg: Mapping[str, Any]) -> dict:
                           f"address instead (RAY_ADDRESS=<head>:6379, or auto on a cluster node)")
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, namespace=cfg["namespace"], runtime_env=runtime_env, log_to_driver=True)
+        token = use_token_file()
+        try:
+            ray.init(address=address, namespace=cfg["namespace"], runtime_env=runtime_env, log_to_driver=True)
+        except ConnectionError as error:
+            if not refused_token(error):
+                raise
+            fix = ("put the cluster's token (`ray get-auth-token` on its head) in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+                   if token else "export RAY_AUTH_MODE=token, with the cluster's token (`ray get-auth-token` on its "
+                                 "head) in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+            raise ClusterError(f"the Ray cluster at {address} uses token authentication and refused "
+                              f"{'this token' if token else 'a driver without one'}: {fix}") from None
     else:
         log.info("starting an embedded local Ray cluster")
         ray.init(
@@ -58,6 +70,35 @@ def connect(cfg: Mapping[str, Any]) -> dict:
     resources = ray.cluster_resources()
     log.info("Ray resources: %s", {k: v for k, v in resources.items() if not k.startswith("node:")})
     return resources
+
+
+def use_token_file() -> bool:
+    """Send this machine's Ray token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) when joining a
+    cluster, unless RAY_AUTH_MODE says otherwise; returns whether token authentication is on.
+
+    Token authentication is Ray's default, and a driver without RAY_AUTH_MODE=token is refused by such a cluster
+    (after 20 s of retries). Ray turns it on by itself only for a cluster it finds on this machine (address auto);
+    this does it for a named address too, as cluster.submit does for the job client."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    from ray._raylet import AuthenticationTokenLoader
+
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        return False
+    _enable_token_auth()  # RAY_AUTH_MODE=token for this process and its children, Ray's cached config refreshed
+    return True
+
+
+def refused_token(error: BaseException) -> bool:
+    """`ray.init` failed because the cluster refused the driver's (missing or wrong) token: Ray says so only in the
+    text of the error under its ConnectionError."""
+    while error is not None:
+        if isinstance(error, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def quiet_ray(*, progress_bars: bool) -> None:

@@ -8,6 +8,8 @@
   cluster/connect.py's ClusterError) print one
   line — `error: <what, where, what to do>` — and exit with status 2, without a traceback. Other exceptions are
   bugs: they keep Hydra's traceback (the whole of it with HYDRA_FULL_ERROR=1, which also shows user errors' traces).
+- A run that already finished (RunFinishedError) is no mistake: its message is printed as `notice: ...` and the
+  stage exits with status 0, so a script or pipeline can re-run a stage safely (the lifecycle keeps such runs too).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cluster.connect import ClusterError
-from pipelines.errors import UserError
+from pipelines.errors import RunFinishedError, UserError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 EXIT_USER_ERROR = 2
@@ -36,6 +38,9 @@ def stage_main(config_name: str) -> Callable:
         def task(cfg: DictConfig):
             try:
                 return fn(cfg)
+            except RunFinishedError as done:
+                print(f"notice: {one_line(done)}", file=sys.stderr, flush=True)
+                return None
             except (UserError, ClusterError) as error:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise

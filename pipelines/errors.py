@@ -1,8 +1,9 @@
 """The project's own error kinds: each is a mistake in the user's input — a setting, a corpus, a record, a
 checkpoint — whose message is one line saying what is wrong, where (setting, file, file:line) and what to do.
 
-Stage entry points (pipelines/entry.py) print these as that one line and exit with status 2; anything else is a
-bug and keeps its traceback. Kept free of Ray and torch: Ray Data tasks raise them too.
+Stage entry points (pipelines/entry.py) print these as that one line and exit with status 2 (RunFinishedError: a
+notice, status 0); anything else is a bug and keeps its traceback. Kept free of Ray and torch: Ray Data tasks raise
+them too.
 """
 
 from __future__ import annotations
@@ -33,4 +34,5 @@ class CheckpointError(UserError, ValueError):
 
 
 class RunFinishedError(UserError):
-    """A run that already reached the steps asked for: nothing to do, and nothing is overwritten."""
+    """A run that already reached the steps asked for: nothing to do, and nothing is overwritten. The stage stops
+    here; its entry point prints the message as a notice and exits with status 0 (re-running is not a mistake)."""

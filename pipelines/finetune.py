@@ -34,7 +34,7 @@ from pipelines.errors import CheckpointError, ConfigError, MissingPathError
 from pipelines.train.driver import (TrainOutcome, check_config, check_worker_resources, fit, preflight,
                                     print_summary, run_directory)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)  # not "__main__" under `python -m`
 # The model kind each kind of fine-tuning starts from.
 KINDS = {"instruct": "decoder", "domain": "decoder", "summarize": "decoder", "classify": "encoder",
          "reward": "decoder", "dpo": "decoder"}
@@ -218,8 +218,8 @@ def finetune(cfg: DictConfig, *, callbacks: list | None = None, stage: str = "fi
     check_worker_resources(cfg)
     manifest = given_shards(cfg, p.tokenizer_sha256) if cfg.shards else prepare_shards(cfg)
     train = manifest["splits"]["train"]
-    log.info("fine-tuning (%s) on %d examples (%d dropped as too long, %d truncated)", cfg.finetune.kind,
-             train["examples"], train.get("dropped_too_long", 0), train.get("truncated", 0))
+    log.info("fine-tuning (%s) on %d training examples (training records: %d dropped as too long, %d truncated)",
+             cfg.finetune.kind, train["examples"], train.get("dropped_too_long", 0), train.get("truncated", 0))
     return fit(cfg, stage=stage, manifest=manifest,
                init_from=None if cfg.finetune.random_init else p.init_from, head=p.head, lora=p.lora,
                init_into=p.init_into, meta=p.meta, train_examples=cfg.finetune.train_examples, replay=p.replay,

@@ -20,6 +20,11 @@ kept the same way (in the state file, by the hash of the evaluation config and c
 `{run.root}/lifecycle/<name>/lifecycle.json`: each stage's run, hash, seconds; each checkpoint; the times — is
 what the report card (pipelines/report.py) reads.
 
+While it works it says where it is: `== stage 3/6 instruct: <run directory>  (elapsed 4m12s; about 6m30s left, by
+the earlier run's times)` before each stage (the estimate when the state file kept the time of everything left to
+do), and the training stages' progress lines end with their own ETA. The state also records when the run started
+and the git commit it ran (null outside a git checkout).
+
 Each stage writes its own log (`<stage>.log` in Hydra's output directory: its log records and everything printed,
 the Ray workers' lines included). A stage that fails stops the chain with one line naming the stage, its run
 directory and that log, which holds the traceback.
@@ -31,9 +36,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import subprocess
 import sys
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 from hydra import compose
@@ -50,9 +57,10 @@ from pipelines.evaluate.report import print_report
 from pipelines.finetune import finetune
 from pipelines.pretrain import pretrain
 from pipelines.report import cell_text, write_report
+from pipelines.text import duration
 from pipelines.train.driver import TrainOutcome, print_summary, run_directory
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)  # not "__main__" under `python -m`
 
 # The chain: stage -> the checkpoint it makes (a row of the table) and the stage whose final/ it starts from.
 STAGES = {"pretrain": ("pretrained", None), "domain": ("domain-adapted", "pretrain"),
@@ -116,10 +124,8 @@ def copy(node: DictConfig) -> DictConfig:
 
 def config_hash(config: DictConfig) -> str:
     """Eight hex digits of the config's resolved content, without run.name and the NOT_IDENTITY groups."""
-    body = OmegaConf.to_container(config, resolve=True)
+    body = identity(config)
     body.get("run", {}).pop("name", None)
-    for key in NOT_IDENTITY:
-        body.pop(key, None)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -170,7 +176,7 @@ def stage_log(path: Path):
 
 
 class Lifecycle:
-    """One run of the chain: its state file, the stages' outcomes, the time each took."""
+    """One run of the chain: its state file, the stages' outcomes, the time each took, where it is."""
 
     def __init__(self, cfg: DictConfig, log_dir: Path):
         self.cfg, self.log_dir = cfg, log_dir
@@ -182,11 +188,35 @@ class Lifecycle:
         self.state = {"name": cfg.lifecycle.name, "order": {"stages": list(STAGES),
                                                              "checkpoints": [r for r, _ in STAGES.values() if r]},
                       "stages": {}, "checkpoints": {}, "evaluations": {},
-                      "columns": columns({}), "times": {}}
+                      "columns": columns({}), "times": {},
+                      "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit()}
         self.ran: dict[str, bool] = {}
+        self.started = time.perf_counter()
+        # What this run will do ({name: seconds it took in the earlier run, None if unknown}), filled by `plan`.
+        self.todo: dict[str, float | None] = {}
 
     def save(self) -> None:
         storage.write_json(self.state_path, self.state)
+
+    def plan(self, configs: dict[str, DictConfig], evaluations: dict[str, tuple]) -> None:
+        """Note what will run (stages without a complete final/, evaluations not kept) and how long each took
+        before, for the estimate of what is left."""
+        earlier = self.previous.get("times", {})
+        for stage, config in configs.items():
+            if not finished(storage.join(run_directory(config, self.cfg.lifecycle[stage].config), FINAL), stage):
+                self.todo[stage] = earlier.get(stage)
+        for checkpoint, (_, _, digest, path, suites) in evaluations.items():
+            if not self.eval_kept(checkpoint, digest, path, suites):
+                self.todo[f"evaluate {checkpoint}"] = earlier.get(f"evaluate {checkpoint}")
+
+    def announce(self, number: int, name: str, what: str) -> None:
+        """`== stage 3/6 instruct: <what>  (elapsed 4m12s; about 6m30s left)`: the estimate is the time the work
+        still to do took in the earlier run, when all of it is known."""
+        left = [seconds for key, seconds in self.todo.items() if not self.ran.get(key)]
+        estimate = f"; about {duration(sum(left))} left, by the earlier run's times" \
+            if left and None not in left else ""
+        print(f"== stage {number}/{len(STAGES) + 1} {name}: {what}  (elapsed "
+              f"{duration(time.perf_counter() - self.started)}{estimate})", flush=True)
 
     def guarded(self, name: str, run_dir: str, fn, *args, **kwargs):
         """`fn(*args)` with its output also in `<name>.log`; a failure becomes one StageFailed line."""
@@ -204,24 +234,25 @@ class Lifecycle:
         self.ran[name] = True
         return result
 
-    def stage(self, stage: str, init_from: str | None, extra: dict | None = None) -> TrainOutcome:
-        """Run `stage` (or take its finished run) and record it."""
-        config = stage_config(self.cfg, stage, init_from, extra)
+    def stage(self, stage: str, config: DictConfig) -> TrainOutcome:
+        """Run `stage` with `config` (or take its finished run) and record it."""
         if stage == "rlhf":
             self.state["columns"] = columns(OmegaConf.to_container(config.align.reward.rules))
         kind = self.cfg.lifecycle[stage].config
+        number = list(STAGES).index(stage) + 1
         run_dir = run_directory(config, kind)
         final_dir = storage.join(run_dir, FINAL)
-        record = {"config": kind, "run_dir": run_dir, "final_dir": final_dir, "hash": config.run.name.rsplit("-", 1)[1]}
+        record = {"config": kind, "run_dir": run_dir, "final_dir": final_dir, "hash": config.run.name.rsplit("-", 1)[1],
+                  "effective": identity(config)}
         if finished(final_dir, stage):
-            print(f"== {stage}: finished earlier, {final_dir}", flush=True)
+            print(f"== stage {number}/{len(STAGES) + 1} {stage}: finished earlier, {final_dir}", flush=True)
             outcome = TrainOutcome(run_dir, final_dir, storage.read_json(storage.join(final_dir, "metrics.json")))
             before = self.previous.get("stages", {}).get(stage, {})
             self.state["times"][stage] = self.previous.get("times", {}).get(stage) \
                 if before.get("run_dir") == run_dir else None
             self.ran[stage] = False
         else:
-            print(f"== {stage}: {run_dir}", flush=True)
+            self.announce(number, stage, run_dir)
             outcome = self.guarded(stage, run_dir, RUNNERS[kind], config)
             if kind != "align":  # align prints its own
                 print_summary(outcome)
@@ -231,8 +262,8 @@ class Lifecycle:
         self.save()
         return outcome
 
-    def evaluation(self, checkpoint: str, final_dir: str, reward_model: str) -> dict:
-        """The checkpoint's eval.json sections for its suites, evaluated unless an identical evaluation is kept."""
+    def eval_config(self, checkpoint: str, final_dir: str, reward_model: str) -> tuple:
+        """(config, suites, digest, eval.json path): the evaluation `python -m pipelines.evaluate` would run."""
         suites = list(self.cfg.lifecycle.eval_suites[checkpoint])
         config = compose(config_name="evaluate", overrides=[f"checkpoint={final_dir}"])
         with open_dict(config):
@@ -241,18 +272,40 @@ class Lifecycle:
                 OmegaConf.update(config, key, OmegaConf.select(self.cfg, key))
             config.eval.reward_model = reward_model if "safety" in suites else None
         digest = hashlib.sha256(f"{config_hash(config)} {suites}".encode()).hexdigest()[:8]
-        path = storage.join(final_dir, EVAL_FILE)
+        return config, final_dir, digest, storage.join(final_dir, EVAL_FILE), suites
+
+    def eval_kept(self, checkpoint: str, digest: str, path: str, suites: list[str]) -> bool:
         kept = self.previous.get("evaluations", {}).get(checkpoint, {})
+        return kept.get("hash") == digest and storage.exists(path) and set(suites) <= set(storage.read_json(path))
+
+    def evaluation(self, checkpoint: str, planned: tuple) -> dict:
+        """The checkpoint's eval.json sections for its suites, evaluated unless an identical evaluation is kept."""
+        config, final_dir, digest, path, suites = planned
         name = f"evaluate {checkpoint}"
-        if kept.get("hash") == digest and storage.exists(path) and set(suites) <= set(storage.read_json(path)):
+        if self.eval_kept(checkpoint, digest, path, suites):
             report = storage.read_json(path)
             self.state["times"][name], self.ran[name] = self.previous.get("times", {}).get(name), False
         else:
-            print(f"== {name}: {', '.join(suites)}", flush=True)
+            self.announce(len(STAGES) + 1, name, ", ".join(suites))
             report = self.guarded(name, final_dir, evaluate, config, final_dir, suites=suites)
         self.state["evaluations"][checkpoint] = {"hash": digest, "suites": suites, "eval_json": path}
         self.save()
         return report
+
+
+def chain_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Each stage's config in chain order. A stage's `init_from` is its parent's final/, whose path its parent's
+    config names (the hash), so the whole chain is known before anything runs."""
+    configs: dict[str, DictConfig] = {}
+    finals: dict[str, str] = {}
+    for stage, (_, parent) in STAGES.items():
+        extra = {"align.reward_model": finals["reward"]} if stage == "rlhf" else {}
+        if cfg.lifecycle[stage].config == "finetune" and stage != "domain":
+            # Rehearse the general pre-training text (facts), not the previous stage's (the medical text).
+            extra["finetune.replay_from"] = finals["pretrain"]
+        configs[stage] = stage_config(cfg, stage, finals[parent] if parent else None, extra)
+        finals[stage] = storage.join(run_directory(configs[stage], cfg.lifecycle[stage].config), FINAL)
+    return configs
 
 
 def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
@@ -264,16 +317,15 @@ def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
         if checkpoint not in cfg.lifecycle.eval_suites:
             raise ConfigError(f"lifecycle.eval_suites.{checkpoint} is missing (a list of suites)")
     life = Lifecycle(cfg, log_dir)
-    started = time.perf_counter()
-    outcomes: dict[str, TrainOutcome] = {}
-    for stage, (_, parent) in STAGES.items():
-        extra = {"align.reward_model": outcomes["reward"].final_dir} if stage == "rlhf" else {}
-        if cfg.lifecycle[stage].config == "finetune" and stage != "domain":
-            # Rehearse the general pre-training text (facts), not the previous stage's (the medical text).
-            extra["finetune.replay_from"] = outcomes["pretrain"].final_dir
-        outcomes[stage] = life.stage(stage, outcomes[parent].final_dir if parent else None, extra)
-    reports = {row: life.evaluation(row, outcomes[stage].final_dir, outcomes["reward"].final_dir)
-               for stage, (row, _) in STAGES.items() if row}
+    configs = chain_configs(cfg)
+    reward_final = storage.join(run_directory(configs["reward"], cfg.lifecycle.reward.config), FINAL)
+    evaluations = {row: life.eval_config(row, storage.join(run_directory(configs[stage], cfg.lifecycle[stage].config),
+                                                           FINAL), reward_final)
+                   for stage, (row, _) in STAGES.items() if row}
+    life.plan(configs, evaluations)
+    for stage, config in configs.items():
+        life.stage(stage, config)
+    reports = {row: life.evaluation(row, planned) for row, planned in evaluations.items()}
     for row, report in reports.items():
         print(f"\n== {row}: {report['checkpoint']}")
         print_report(report, show=cfg.eval.show)
@@ -283,7 +335,7 @@ def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
     if any(title.endswith(OPTIMISED) for title, _, _ in life.state["columns"]):
         print(f"(columns marked{OPTIMISED.strip()}: what the RLHF reward paid for — read them as the reward read back)")
     print("\nTime per stage:")
-    print(time_table(life.state["times"], life.ran, time.perf_counter() - started))
+    print(time_table(life.state["times"], life.ran, time.perf_counter() - life.started))
     if cfg.lifecycle.report:
         print(f"\nreport card: {write_report(cfg.run.root, cfg.lifecycle.name)}")
     return life.state
@@ -294,6 +346,26 @@ def columns(rules: dict) -> list[list[str]]:
     score always, and each rule term's columns when its weight is not 0."""
     paid = {"reward"} | {key for term, keys in RULE_COLUMNS.items() if rules.get(term) for key in keys}
     return [[title + (OPTIMISED if key in paid else ""), section, key] for title, section, key in COLUMNS]
+
+
+def identity(config: DictConfig) -> dict:
+    """The stage's effective config as its hash sees it: resolved, without cluster and logger (where it ran, and
+    settings that may hold secrets through ${oc.env:...})."""
+    body = OmegaConf.to_container(config, resolve=True)
+    for key in NOT_IDENTITY:
+        body.pop(key, None)
+    return body
+
+
+def git_commit() -> str | None:
+    """The commit of this checkout (`git rev-parse HEAD`), None outside a git checkout (e.g. inside a Ray job,
+    whose working directory is uploaded without .git)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def thesis_table(reports: dict[str, dict], table_columns: list) -> str:

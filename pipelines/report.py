@@ -3,11 +3,14 @@
 One HTML page that answers the lifecycle's question — what did each stage add? — from the files the stages left
 (`{root}/lifecycle/{name}/lifecycle.json`; each checkpoint's eval.json, metrics.json, rankings.json):
 
+0. when the run started and the git commit it ran; each stage's effective settings (model, parameters, steps,
+   learning rate, batch, training data) from lifecycle.json and the files of its checkpoint;
 1. the thesis table: one row per checkpoint, one column per measure the lifecycle chose;
 2. the table's rates as grouped bars, so the step each stage adds is seen at a glance;
 3. the time each stage took;
 4. train and validation loss over steps of every training stage;
-5. the other validation metrics over steps (perplexity, the reward model's accuracy);
+5. the other validation metrics over steps (perplexity, the reward model's accuracy) — a metric measured once is a
+   number in a table, not a chart;
 6. RLHF: mean reward, KL to the reference, where each iteration's time went; the reward model's held-out accuracy;
 7. the fine-tuning sweeps under `{root}/sweep/`, one row per trial;
 8. a few completions of each checkpoint (cloze, QA, unsafe prompts), so a number can be checked against what the
@@ -25,6 +28,9 @@ import base64
 import csv
 import html
 import io
+import json
+import math
+import struct
 import sys
 
 import matplotlib
@@ -69,7 +75,7 @@ def figure(fig, name: str, out: str) -> str:
     """Write `fig` as out/name.png, close it, and return it as an inline <img> (the page needs no other file)."""
     buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # keeps legends placed outside the axes
     plt.close(fig)
     data = buffer.getvalue()
     storage.write_bytes(storage.join(out, f"{name}.png"), data)
@@ -120,7 +126,7 @@ def rates_chart(columns: list, evals: dict[str, dict], out: str) -> str:
                width, label=checkpoint)
     ax.set_xticks([x + width * (len(evals) - 1) / 2 for x in range(len(rates))], [t for t, _, _ in rates])
     ax.set(ylabel="%", ylim=(0, 100))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # not over the bars
     return figure(fig, "thesis", out)
 
 
@@ -147,16 +153,27 @@ def loss_section(training: dict[str, list], out: str) -> str:
 
 
 def validation_section(training: dict[str, list], out: str) -> str:
-    """One panel per stage and validation metric other than the loss (their scales differ: ppl in hundreds, acc)."""
-    panels = [(stage, key) for stage, history in training.items()
-              for key in sorted({k for r in history for k in r if k.startswith("val_") and k != "val_loss"})]
-    if not panels:
+    """One panel per stage and validation metric other than the loss (their scales differ: ppl in hundreds, acc);
+    a metric measured once (a stage that validates only at its end) is a row of a table: one point makes no chart."""
+    found = [(stage, key, series(history, "step", key)) for stage, history in training.items()
+             for key in sorted({k for r in history for k in r if k.startswith("val_") and k != "val_loss"})]
+    panels = [(stage, key, points) for stage, key, points in found if len(points[0]) >= 2]
+    once = [(stage, key, points) for stage, key, points in found if len(points[0]) == 1]
+    if not found:
         return '<p class="note">no validation metrics besides the loss were recorded</p>'
-    fig, axes = grid(len(panels))
-    for ax, (stage, key) in zip(axes, panels):
-        ax.plot(*series(training[stage], "step", key), "o-")
-        ax.set(title=f"{stage}: {key}", xlabel="step")
-    return figure(fig, "validation", out)
+    parts = []
+    if once:
+        parts.append(table(("stage", "metric", "at step", "value"),
+                           [(stage, key, steps[0], f"{values[0]:.4g}") for stage, key, (steps, values) in once],
+                           "validation-once"))
+    if panels:
+        fig, axes = grid(len(panels))
+        for ax, (stage, key, points) in zip(axes, panels):
+            ax.plot(*points, "o-")
+            ax.set(title=f"{stage}: {key}", xlabel="step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        parts.append(figure(fig, "validation", out))
+    return "".join(parts)
 
 
 def rlhf_section(stage: str, history: list[dict], out: str) -> str:
@@ -175,7 +192,10 @@ def rlhf_section(stage: str, history: list[dict], out: str) -> str:
     split.set(title="time per iteration", xlabel="iteration", ylabel="seconds")
     for ax in (reward, kl, split):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    split.legend(fontsize=8)
+    if phases:  # beside the panel (inside it covered the bars), top to bottom as the stack
+        handles, labels = split.get_legend_handles_labels()
+        split.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                     borderaxespad=0)
     return f"<h3>{esc(stage)}</h3>" + figure(fig, f"rlhf-{stage}", out)
 
 
@@ -242,6 +262,71 @@ def samples_section(evals: dict[str, dict]) -> str:
     return f'<div class="samples">{"".join(parts)}</div>'
 
 
+def parameter_count(path: str) -> int | None:
+    """Numbers held by a safetensors file, from its header alone (the first 8 bytes give the header's length)."""
+    if not storage.exists(path):
+        return None
+    fs, p = storage.filesystem(path)
+    with fs.open_input_file(p) as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def model_text(final_dir: str) -> tuple[str, str]:
+    """(the checkpoint's model in a few words, its parameter count)."""
+    saved = read_optional(storage.join(final_dir, "config.json"))
+    model = saved.get("config", {})
+    words = "-" if not model else (f"{saved['kind']} d{model.get('d_model')} x {model.get('n_layer')} layers, "
+                                   f"{model.get('n_head')} heads, vocab {model.get('vocab_size')}, "
+                                   f"context {model.get('max_seq_len')}")
+    count = parameter_count(storage.join(final_dir, "model.safetensors"))
+    return words, "-" if count is None else f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count:,}"
+
+
+def data_text(final_dir: str, effective: dict) -> str:
+    """The training data the stage read: its shards' training examples and tokens (and the replayed share), or
+    RLHF's prompts."""
+    align = effective.get("align") or {}
+    if effective.get("algorithm", {}).get("name") in ("grpo", "ppo"):
+        return f"{align.get('prompts_per_iteration')} prompts x {align.get('group_size')} samples per iteration"
+    shards = read_optional(storage.join(final_dir, "meta.json")).get("shards")
+    train = read_optional(storage.join(shards, "manifest.json")).get("splits", {}).get("train", {}) if shards else {}
+    if not train:
+        return "-"
+    replay = (effective.get("finetune") or {}).get("replay")
+    return (f"{train['examples']:,} examples, {train['tokens']:,} tokens"
+            + (f"; {replay:.0%} replayed pre-training text" if replay else ""))
+
+
+def settings_section(stages: dict[str, dict]) -> str:
+    """One row per stage: what it trained, how long, how fast, on what (its effective config, kept in
+    lifecycle.json, and its checkpoint's files)."""
+    rows = []
+    for stage, info in stages.items():
+        effective = info.get("effective") or {}
+        trainer, align = effective.get("trainer") or {}, effective.get("align") or {}
+        model, parameters = model_text(info["final_dir"])
+        if effective.get("algorithm", {}).get("name") in ("grpo", "ppo"):
+            steps, lr, batch = f"{align.get('iterations')} iterations", align.get("learner", {}).get("lr"), "-"
+        else:
+            steps, lr = trainer.get("max_steps", "-"), trainer.get("lr")
+            batch = ("-" if not trainer else
+                     trainer["micro_batch_size"] * trainer["grad_accum"] * trainer["num_workers"])
+        name = effective.get("algorithm", {}).get("name") or (effective.get("finetune") or {}).get("kind") or \
+            (effective.get("objective") or {}).get("name", "-")
+        rows.append((stage, f"{info.get('config', '-')} ({name})", model, parameters, steps,
+                     "-" if lr is None else f"{lr:.2g}", batch, data_text(info["final_dir"], effective)))
+    return table(("stage", "app", "model", "parameters", "steps", "lr", "batch", "training data"), rows, "settings")
+
+
+def run_line(lifecycle: dict) -> str:
+    """When the run started and the commit it ran."""
+    started = (lifecycle.get("started_at") or "unknown").replace("T", " ").replace("+00:00", " UTC")
+    commit = lifecycle.get("commit") or "unknown (not run from a git checkout)"
+    return (f'<p id="run">run started {esc(started)}, commit '
+            f'<code>{esc(commit)}</code></p>')
+
+
 def in_order(mapping: dict, keys: list[str]) -> dict:
     """`mapping` with `keys` first, in that order, then the rest."""
     return {k: mapping[k] for k in keys if k in mapping} | {k: v for k, v in mapping.items() if k not in keys}
@@ -262,6 +347,8 @@ def sections(root: str, lifecycle: dict, out: str) -> list[tuple[str, str]]:
                 for stage, info in stages.items()}
     found = [("What each stage added", thesis_table(columns, evals)),
              ("The rates as a chart", rates_chart(columns, evals, out))]
+    if stages:
+        found.append(("Settings of each stage", settings_section(stages)))
     if lifecycle.get("times"):
         times_order = [*order.get("stages", []), *(f"evaluate {c}" for c in order.get("checkpoints", []))]
         found.append(("Time per stage", times_section(in_order(lifecycle["times"], times_order), out)))
@@ -278,10 +365,10 @@ def sections(root: str, lifecycle: dict, out: str) -> list[tuple[str, str]]:
     return found
 
 
-def page(name: str, parts: list[tuple[str, str]]) -> str:
+def page(name: str, parts: list[tuple[str, str]], header: str = "") -> str:
     body = "".join(f"<section><h2>{esc(title)}</h2>{content}</section>" for title, content in parts)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lifecycle {esc(name)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>Lifecycle {esc(name)}</h1>{body}</body></html>\n")
+            f"<style>{STYLE}</style></head><body><h1>Lifecycle {esc(name)}</h1>{header}{body}</body></html>\n")
 
 
 def write_report(root: str, name: str, out: str | None = None) -> str:
@@ -294,7 +381,8 @@ def write_report(root: str, name: str, out: str | None = None) -> str:
                                f"(python -m pipelines.lifecycle writes it)")
     out = storage.absolute(out) if out else storage.join(base, "report")
     index = storage.join(out, "index.html")
-    storage.write_bytes(index, page(name, sections(root, storage.read_json(path), out)).encode())
+    lifecycle = storage.read_json(path)
+    storage.write_bytes(index, page(name, sections(root, lifecycle, out), run_line(lifecycle)).encode())
     return index
 
 

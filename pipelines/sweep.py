@@ -41,7 +41,7 @@ from pipelines.checkpoints import FINAL
 from pipelines.entry import stage_main
 from pipelines.errors import ConfigError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)  # not "__main__" under `python -m`
 
 STAGE = "finetune"
 CONFIG = "config.json"

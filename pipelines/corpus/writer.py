@@ -261,7 +261,7 @@ def ensure_corpus(out_dir, **params) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="Write the built-in corpus.")
+    parser = argparse.ArgumentParser(prog="python -m pipelines.corpus", description="Write the built-in corpus.")
     parser.add_argument("--out", required=True, help="output directory")
     for name, default in resolve_params().items():  # one flag per write_corpus keyword, same default
         parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)

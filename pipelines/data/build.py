@@ -390,9 +390,9 @@ def build_shards(cfg: DictConfig, files: list[str], fmt: str, field: str, tok: T
             splits[s] |= {"truncated": stats["truncated"][s], "dropped_too_long": stats["dropped"][s],
                           "dropped_by_domain": stats["domains"][s]}
         if sum(stats["dropped"].values()) or sum(stats["truncated"].values()):
-            log.warning("records longer than data.seq_len=%d tokens: %d dropped, %d truncated (data.too_long=%s)",
-                        data.seq_len, sum(stats["dropped"].values()), sum(stats["truncated"].values()),
-                        data.too_long)
+            log.warning("records longer than data.seq_len=%d tokens (data.too_long=%s): %s", data.seq_len,
+                        data.too_long, ", ".join(f"{s} {stats['dropped'][s]} dropped, {stats['truncated'][s]} "
+                                                 f"truncated" for s in SPLITS))
         warn_dropped_domains(stats["domains"], data.seq_len, data.warn_dropped_share)
     check_examples(splits, shard_format, data.seq_len, files)
     log.info("wrote %s in %.1fs (%.1f MB/s): %s", shard_dir, seconds, stats["bytes"] / 1e6 / seconds,

@@ -34,6 +34,9 @@ from pipelines.train.objectives import objective_class
 from pipelines.train.loop import TRAIN_STATE, train_func
 
 log = logging.getLogger(__name__)
+# A training split at most this large, read more than once by a run, is read by the driver once and handed to Ray
+# Data as one object (first_examples); a larger one is streamed from its shards.
+IN_MEMORY_BYTES = 64 << 20
 
 
 @dataclass
@@ -151,7 +154,11 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
         examples = train_examples
 
     extra = round(examples * replay["share"] / (1 - replay["share"])) if replay else 0
-    few = first_examples(splits["train"]["files"], train_examples) if train_examples else None
+    passes = data_passes(trainer_cfg, examples + extra)
+    # A small split that the run reads many times (a few hundred records fine-tuned for hundreds of steps) is read
+    # here once, as `train_examples` are: see first_examples.
+    small = passes > 1 and sum(storage.file_size(f) for f in splits["train"]["files"]) <= IN_MEMORY_BYTES
+    few = first_examples(splits["train"]["files"], examples) if train_examples or small else None
 
     def read_train(i: int):
         ds = ray.data.from_arrow_refs([few]) if few is not None else ray.data.read_parquet(splits["train"]["files"])
@@ -165,7 +172,6 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
                                         batch_format="pyarrow", batch_size=1024)
         return ds.union(blocks).random_shuffle(seed=trainer_cfg["seed"] + i)
 
-    passes = data_passes(trainer_cfg, examples + extra)
     if few is not None and not extra:
         datasets = {"train": ray.data.from_arrow_refs([few] * passes)}  # one object, listed once per pass
     else:
@@ -224,9 +230,10 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
 def first_examples(files: list[str], count: int) -> ray.ObjectRef:
     """The first `count` rows of the shard `files` (in their order), read here and put in the object store once.
 
-    A run on a few examples (`train_examples`) makes many passes over them (`data_passes`): a Ray Data read of the
-    shards per pass is tens of operators that share the cluster's CPUs with the workers (on 2 CPUs they waited
-    minutes for 50 examples), where one read here takes milliseconds."""
+    A run on a few examples (`train_examples`, or a split under IN_MEMORY_BYTES) makes many passes over them
+    (`data_passes`): a Ray Data read of the shards per pass is tens of operators that share the cluster's CPUs with
+    the workers (on 2 CPUs they waited minutes for 50 examples, and Ray Data warned "Cluster resources are not
+    enough to run any task ... may hang forever" for 20 records), where one read here takes milliseconds."""
     tables, rows = [], 0
     for path in files:
         if rows >= count:

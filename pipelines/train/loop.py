@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import tempfile
@@ -44,6 +45,7 @@ from models.heads import ScalarModel
 from models.lora import apply_lora, load_adapters, mark_only_lora_trainable, merge_lora, save_adapters
 from pipelines import storage
 from pipelines.errors import ConfigError
+from pipelines.text import duration
 from pipelines.train.objectives import objective_class, summarize
 
 TRAIN_STATE = "train_state.safetensors"
@@ -51,6 +53,7 @@ TRAIN_STATE = "train_state.safetensors"
 
 def train_func(config: dict[str, Any]) -> dict:
     t = config["trainer"]
+    quiet_ray_train(t["ray_log_level"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -102,6 +105,18 @@ def train_func(config: dict[str, Any]) -> dict:
     if logger:
         logger.finish()
     return final | {"resumed_from_step": start["step"]}
+
+
+def quiet_ray_train(level: str) -> None:
+    """Ray Train's messages in this worker from `level` (trainer.ray_log_level) up. The driver passes the level as
+    `LoggingConfig(log_level)`, which Ray applies to the loggers named `ray.train...`; but Ray 2.60 logs every
+    report ("Reporting training result N: TrainingReport(...)", INFO) through loggers named by their file's path
+    (`logging.getLogger(__file__)` in ray/train/v2/_internal/execution/context.py), which only the worker's root
+    logger, at INFO, filters: they get the level here."""
+    marker = f"{os.sep}ray{os.sep}train{os.sep}"
+    for name in list(logging.root.manager.loggerDict):
+        if marker in name:
+            logging.getLogger(name).setLevel(level)
 
 
 def construct(config: dict, *, init_from: str | None) -> torch.nn.Module:
@@ -453,6 +468,9 @@ class Loop:
                  f"lr {metrics['lr']:.2e}", f"gnorm {metrics['grad_norm']:.2f}",
                  f"{metrics['tokens_per_s'] / 1e3:.1f}k tok/s", f"{metrics['step_time_s'] * 1e3:.0f} ms/step",
                  f"data wait {metrics['data_wait_share']:.0%}"]
+        left = self.t["max_steps"] - metrics["step"]
+        if left:  # from the last window's step time (evaluations and checkpoints not counted)
+            parts.append(f"ETA {duration(left * metrics['step_time_s'])}")
         if "mfu" in metrics:
             parts.append(f"MFU {metrics['mfu']:.1%}")
         parts += [f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val_")]

@@ -1,6 +1,7 @@
 """Jobs on a cluster from `ray start --head` (one head for the module): `ray job submit --working-dir . -- python -m
 pipelines.pretrain ...`, and `python -m cluster.submit` (overrides checked before submitting, logs followed, the
-job's exit code returned, --no-wait / status / logs / stop)."""
+job's exit code returned, --no-wait / status / logs / stop, --address over the variables, one-line mistakes); a
+stage's driver joining the head by its GCS address with the token file and no RAY_AUTH_MODE."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def head_node():
                 if time.time() > deadline or head.poll() is not None:
                     raise RuntimeError("the Ray head did not come up") from None
                 time.sleep(1)
-        yield address, env
+        yield address, env, f"127.0.0.1:{gcs}"
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -71,7 +72,7 @@ def head_node():
 
 
 def test_pretrain_runs_as_a_ray_job(head_node, clm_manifest, small_overrides, tmp_path):
-    address, env = head_node
+    address, env, _ = head_node
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
            "python", "-m", "pipelines.pretrain", *small_overrides, "model=decoder_tiny", "trainer.max_steps=10",
            "trainer.log_every=5", "trainer.ckpt_every=10", "trainer.micro_batch_size=8",
@@ -93,8 +94,8 @@ def submit(args: list[str], env: dict, timeout: int = 300) -> subprocess.Complet
                           text=True, timeout=timeout)
 
 
-def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_node, clm_manifest, small_overrides):
-    address, env = head_node
+def test_cluster_submit_follows_the_logs_returns_the_jobs_exit_code_and_obeys_address(head_node, clm_manifest, small_overrides):
+    address, env, _ = head_node
     env = env | {"RAY_API_SERVER_ADDRESS": address}
     # The data stage finds the session's shards by their manifest: a real stage, done in seconds.
     done = submit(["data", *small_overrides], env)
@@ -104,21 +105,45 @@ def test_cluster_submit_follows_the_logs_and_returns_the_jobs_exit_code(head_nod
     # --no-wait prints the id; logs --follow, status and stop take it. A stage that fails with a user error: its
     # one line, and its exit code (2) as ours.
     # --env hands this shell's variable to the job: the checkpoint setting is resolved from it inside the job.
-    queued = submit(["evaluate", "checkpoint=${oc.env:LMLIFE_PROBE}", "--env", "LMLIFE_PROBE", "--no-wait"],
+    # --address wins over the variables, which name a dashboard where nothing listens.
+    nowhere = "http://127.0.0.1:9"
+    env = env | {"RAY_API_SERVER_ADDRESS": nowhere, "RAY_ADDRESS": nowhere}
+    at = ["--address", address]
+    queued = submit(["evaluate", "checkpoint=${oc.env:LMLIFE_PROBE}", "--env", "LMLIFE_PROBE", "--no-wait", *at],
                     env | {"LMLIFE_PROBE": "/nonexistent/run"})
     job_id = queued.stdout.strip()
     assert queued.returncode == 0 and job_id.startswith("raysubmit_"), queued.stderr
-    followed = submit(["logs", job_id, "--follow"], env)
+    said = queued.stderr.splitlines()  # where it goes, said before it goes
+    submitted = next(i for i, line in enumerate(said) if line.startswith("submitted raysubmit_"))
+    assert said.index(f"submitting to the Ray cluster at {address} (from --address)") < submitted, queued.stderr
+    followed = submit(["logs", job_id, "--follow", *at], env)
     assert followed.returncode == 2, followed.stdout[-3000:] + followed.stderr[-3000:]
     assert "error: checkpoint=/nonexistent/run does not exist" in followed.stdout
-    status = submit(["status", job_id], env)
-    assert status.returncode == 0 and f"{job_id}: FAILED" in status.stdout
-    assert "already ended" in submit(["stop", job_id], env).stdout
+    assert "error: checkpoint" not in followed.stderr  # the logs once: not again in the closing line
+    status = submit(["status", job_id, *at], env)
+    assert status.returncode == 0 and status.stdout.splitlines() == [
+        f"{job_id}: FAILED (Job entrypoint command failed with exit code 2)"]
+    assert "already ended" in submit(["stop", job_id, *at], env).stdout
+    unknown = submit(["status", "raysubmit_nosuchjob", *at], env, timeout=60)
+    assert unknown.returncode == 2 and unknown.stdout == "", unknown.stderr[-3000:]
+    assert unknown.stderr.splitlines() == [f"error: no job raysubmit_nosuchjob on the cluster at {address} (ray job "
+                                           f"list --address {address} lists them)"]
+
+
+def test_a_driver_joins_a_token_cluster_with_the_token_file_alone(head_node, clm_manifest, small_overrides):
+    _, env, gcs = head_node
+    env = {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}  # ~/.ray/auth_token only
+    # The data stage finds the session's shards by their manifest: it joins, checks and ends in seconds.
+    done = subprocess.run([sys.executable, "-m", "pipelines.data", *small_overrides, f"cluster.address={gcs}"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert f"joining the Ray cluster at {gcs}" in output and "reusing shards" in output
 
 
 def test_cluster_submit_checks_the_overrides_before_submitting():
     env = os.environ | {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}  # nothing listens: nothing is submitted
     typo = submit(["pretrain", "trainer.max_stepz=10"], env, timeout=60)
-    assert typo.returncode == 1 and "error: pretrain trainer.max_stepz=10:" in typo.stderr
+    assert typo.returncode == 2 and "error: pretrain trainer.max_stepz=10:" in typo.stderr
     unknown = submit(["pretrian"], env, timeout=60)
-    assert unknown.returncode == 1 and "no stage 'pretrian'; stages: align, data, evaluate" in unknown.stderr
+    assert unknown.returncode == 2 and "no stage 'pretrian'; stages: align, data, evaluate" in unknown.stderr

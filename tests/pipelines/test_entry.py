@@ -41,19 +41,21 @@ def decoder_checkpoint(tmp_path_factory, compose_config) -> Path:
     return path
 
 
-def early_cases(tmp: Path, checkpoint: Path) -> list[tuple[list[str], dict, str]]:
+def finished_run(tmp: Path, checkpoint: Path) -> None:
+    """runs/pretrain/done: a run whose latest checkpoint is at step 20 (the decoder_checkpoint's)."""
     run = tmp / "runs" / "pretrain" / "done" / "checkpoint_2026-01-01_00-00-00.000000"
     run.mkdir(parents=True)
     for name in ("config.json", "meta.json"):
         (run / name).write_text((checkpoint / name).read_text())
+
+
+def early_cases(tmp: Path, checkpoint: Path) -> list[tuple[list[str], dict, str]]:
     return [
         (["objective=mlm", "model=decoder_tiny"], {}, "error: objective=mlm trains encoder models, but model.kind is "
                                                       "'decoder' (pick e.g. model=encoder_tiny)"),
         (["model=decoder_tiny", f"init_from={tmp}/nowhere"], {}, f"init_from={tmp}/nowhere does not exist"),
         (["model=decoder_tiny", "model.d_model=32", f"init_from={checkpoint}"], {},
          "holds another model's shape: model.d_model=32 (checkpoint: 64)"),
-        (["model=decoder_tiny", f"run.root={tmp}/runs", "run.name=done", "trainer.max_steps=20"], {},
-         f"run {tmp}/runs/pretrain/done finished at step 20; raise trainer.max_steps (now 20) to continue"),
         (["model=decoder_tiny", "run.root=runs"], {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"},
          "run.root=runs is relative, and inside a Ray job it would land in the job's temporary working directory"),
         (["model=decoder_tiny", "data.subset=legal"], {}, "data.subset must be one of ['classify', 'general', 'instruct', 'medical', 'preference', 'summarize'], got 'legal'"),
@@ -71,6 +73,17 @@ def test_mistakes_are_one_line_before_ray_starts(tmp_path, decoder_checkpoint):
         assert_one_line_error(done, expected)
         assert not any(sign in done.stdout + done.stderr for sign in RAY_STARTED), done.stderr[-2000:]
         assert not (tmp_path / "data").exists()  # no corpus, tokenizer or shards were built
+
+
+def test_rerunning_a_finished_run_is_a_notice_and_exit_status_0(tmp_path, decoder_checkpoint):
+    finished_run(tmp_path, decoder_checkpoint)
+    done = run_stage("pipelines.pretrain", ["model=decoder_tiny", f"run.root={tmp_path}/runs", "run.name=done",
+                                            "trainer.max_steps=20", f"data.root={tmp_path}/data"], tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert done.stderr.splitlines() == [f"notice: run {tmp_path}/runs/pretrain/done finished at step 20; raise "
+                                        f"trainer.max_steps (now 20) to continue or choose a new run.name"], output
+    assert not any(sign in output for sign in RAY_STARTED) and not (tmp_path / "data").exists()
 
 
 def test_a_bad_record_is_one_line_without_ray_tracebacks(tmp_path):

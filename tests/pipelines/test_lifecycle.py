@@ -5,6 +5,7 @@ stack — then re-run (everything kept), changed at its last stage (only that re
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -125,7 +126,12 @@ def test_the_whole_life_runs_every_stage_and_evaluates_every_checkpoint(tiny_lif
     chat = json.loads((Path(state["checkpoints"]["instruction-tuned"]) / "meta.json").read_text())
     assert chat["init_from"] == state["checkpoints"]["domain-adapted"]
     assert chat["replay"] == 0.3 and chat["replay_from"] == state["checkpoints"]["pretrained"]
-    assert "step" in (root / "logs" / "pretrain.log").read_text()  # the stage's own log holds its output
+    pretrain_log = (root / "logs" / "pretrain.log").read_text()
+    assert "step 30/30" in pretrain_log and "| ETA " in pretrain_log  # the stage's own log holds its output
+    for log in (root / "logs").glob("*.log"):  # trainer.ray_log_level (WARNING) reaches the workers of every stage
+        assert "Reporting training result" not in log.read_text(), log
+    assert saved["started_at"] and saved["commit"] is None or len(saved["commit"]) == 40
+    assert saved["stages"]["instruct"]["effective"]["trainer"]["max_steps"] == 6  # what the report's settings show
     report = root / "runs" / "lifecycle" / "demo" / "report" / "index.html"  # the report card (test_report.py)
     assert report.exists() and 'data-checkpoint="aligned"' in report.read_text()
 
@@ -138,6 +144,10 @@ def test_a_rerun_keeps_everything_and_a_change_reruns_only_what_it_touches(tiny_
     assert "(kept; took" in capsys.readouterr().out
     changed = run("lifecycle.rlhf.align.iterations=1", logs="logs-changed")
     assert [s for s, info in changed["stages"].items() if not info["skipped"]] == ["rlhf"]
+    said = capsys.readouterr().out  # where it is, and what is left by the times the first run kept
+    assert re.search(r"== stage 5/6 rlhf: .*demo-rlhf-\w+  \(elapsed [0-9hms]+; about [0-9hms]+ left, by the "
+                     r"earlier run's times\)", said), said[-3000:]
+    assert "== stage 1/6 pretrain: finished earlier" in said and "== stage 6/6 evaluate aligned: " in said
     assert changed["checkpoints"]["aligned"] != first["checkpoints"]["aligned"]
     assert changed["evaluations"]["aligned"]["hash"] != first["evaluations"]["aligned"]["hash"]
     assert changed["evaluations"]["pretrained"] == first["evaluations"]["pretrained"]

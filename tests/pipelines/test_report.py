@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.report import main, write_report
@@ -71,10 +72,36 @@ def eval_report(row: list, completion: str) -> dict:
 
 
 def training_history(stage: str) -> list[dict]:
+    """Validation every 10 steps; the domain stage validates once, at its end (a number, not a chart)."""
     val = {"reward": "val_acc"}.get(stage, "val_ppl")
+    every = 20 if stage == "domain" else 10
     return [{"step": step, "loss": 6.0 / step, "lr": 1e-3, **({"val_loss": 5.5 / step, val: 100.0 / step}
-                                                              if step % 10 == 0 else {})}
+                                                              if step % every == 0 else {})}
             for step in range(5, 25, 5)]
+
+
+TRAINER = {"max_steps": 20, "lr": 3e-4, "micro_batch_size": 8, "grad_accum": 2, "num_workers": 2}
+# Each stage's effective config as lifecycle.json keeps it (the keys the settings table reads).
+EFFECTIVE = {"pretrain": {"objective": {"name": "clm"}, "trainer": TRAINER},
+             "domain": {"finetune": {"kind": "domain", "replay": 0.5}, "trainer": TRAINER},
+             "instruct": {"finetune": {"kind": "instruct", "replay": 0.3}, "trainer": TRAINER},
+             "reward": {"algorithm": {"name": "reward"}, "finetune": {"kind": "reward", "replay": 0.0},
+                        "trainer": TRAINER},
+             "rlhf": {"algorithm": {"name": "grpo"}, "trainer": TRAINER,
+                      "align": {"iterations": 3, "prompts_per_iteration": 24, "group_size": 4,
+                                "learner": {"lr": 5e-5}}}}
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def write_checkpoint_files(final: Path, shards: Path) -> None:
+    """config.json, a safetensors file of 2 x 3 + 4 numbers, and meta.json naming the shards (with a manifest)."""
+    from safetensors.numpy import save_file
+
+    write(final / "config.json", {"kind": "decoder", "config": {"d_model": 64, "n_layer": 2, "n_head": 4,
+                                                                 "vocab_size": 1000, "max_seq_len": 64}})
+    save_file({"w": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}, str(final / "model.safetensors"))
+    write(final / "meta.json", {"shards": str(shards)})
+    write(shards / "manifest.json", {"splits": {"train": {"examples": 1234, "tokens": 56789}}})
 
 
 def rlhf_history() -> list[dict]:
@@ -98,7 +125,8 @@ def runs(tmp_path) -> Path:
     """A run root holding a whole lifecycle's files, as the stages write them."""
     root = tmp_path / "runs"
     stages = {stage: {"config": config, "run_dir": str(root / config / f"{NAME}-{stage}-1a2b3c4d"), "hash": "1a2b3c4d",
-                      "seconds": 10.0, "skipped": False} for stage, config in STAGES.items()}
+                      "seconds": 10.0, "skipped": False, "effective": EFFECTIVE[stage]}
+              for stage, config in STAGES.items()}
     for info in stages.values():
         info["final_dir"] = info["run_dir"] + "/final"
     for stage, info in stages.items():
@@ -108,11 +136,13 @@ def runs(tmp_path) -> Path:
         else:
             write(final / "metrics.json", {"history": training_history(stage), "step": 20, "loss": 0.3})
     write(Path(stages["reward"]["final_dir"]) / "rankings.json", {"pairwise_accuracy": 0.576, "pairs": 1875})
+    write_checkpoint_files(Path(stages["domain"]["final_dir"]), root.parent / "data" / "shards" / "sft-1")
     for checkpoint, stage in CHECKPOINTS.items():
         completion = MARKUP if checkpoint == "aligned" else "Paris."
         write(Path(stages[stage]["final_dir"]) / "eval.json", eval_report(ROWS[checkpoint], completion))
     write(root / "lifecycle" / NAME / "lifecycle.json", {
-        "name": NAME, "stages": stages, "columns": COLUMNS,
+        "name": NAME, "stages": stages, "columns": COLUMNS, "started_at": "2026-12-06T15:30:00+00:00",
+        "commit": COMMIT,
         "checkpoints": {c: stages[s]["final_dir"] for c, s in CHECKPOINTS.items()},
         "times": {"pretrain": 412.3, "domain": 60.2, "instruct": 150.0, "reward": 80.0, "rlhf": 190.0,
                   "evaluate pretrained": None}})  # None: reused from an earlier run, duration unknown
@@ -150,6 +180,19 @@ def test_report_card_in_the_browser(runs, browser, tmp_path, tmp_path_factory):
             f"figure {img.get_attribute('alt')} did not load"
     assert {p.stem for p in out.glob("*.png")} == FIGURES
     assert all((out / f"{name}.png").read_bytes()[:8] == PNG for name in FIGURES)
+
+    assert browser.find_element("id", "run").text == f"run started 2026-12-06 15:30:00 UTC, commit {COMMIT}"
+    settings = {tr.find_element("tag name", "td").text: [td.text for td in tr.find_elements("tag name", "td")][1:]
+                for tr in browser.find_elements("css selector", "#settings tr")[1:]}
+    assert list(settings) == list(STAGES)
+    assert settings["domain"] == ["finetune (domain)", "decoder d64 x 2 layers, 4 heads, vocab 1000, context 64", "10",
+                                  "20", "0.0003", "32",
+                                  "1,234 examples, 56,789 tokens; 50% replayed pre-training text"]
+    assert settings["pretrain"][1:3] == ["-", "-"]  # no checkpoint files: nothing invented
+    assert settings["rlhf"][3:] == ["3 iterations", "5e-05", "-", "24 prompts x 4 samples per iteration"]
+    once = [[td.text for td in tr.find_elements("tag name", "td")]
+            for tr in browser.find_elements("css selector", "#validation-once tr")[1:]]
+    assert once == [["domain", "val_ppl", "20", "5"]]  # measured once: a number, not a one-point chart
 
     completions = [c.text for c in browser.find_elements("css selector", ".samples td.completion")]
     assert MARKUP in completions

@@ -347,3 +347,9 @@ def test_rankings_are_split_by_prompt(corpus):
     train = {r["prompt"] for r in read_jsonl(root / "preference" / "train.jsonl")}
     valid = [r["prompt"] for r in read_jsonl(root / "preference" / "valid.jsonl")]
     assert valid and not train & set(valid)
+
+
+def test_the_command_line_names_itself_as_it_is_typed(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m pipelines.corpus ")  # not "__main__.py"
