@@ -145,9 +145,9 @@ def test_a_rerun_keeps_everything_and_a_change_reruns_only_what_it_touches(tiny_
     changed = run("lifecycle.rlhf.align.iterations=1", logs="logs-changed")
     assert [s for s, info in changed["stages"].items() if not info["skipped"]] == ["rlhf"]
     said = capsys.readouterr().out  # where it is, and what is left by the times the first run kept
-    assert re.search(r"== stage 5/6 rlhf: .*demo-rlhf-\w+  \(elapsed [0-9hms]+; about [0-9hms]+ left, by the "
+    assert re.search(r"== stage 6/7 rlhf: .*demo-rlhf-\w+  \(elapsed [0-9hms]+; about [0-9hms]+ left, by the "
                      r"earlier run's times\)", said), said[-3000:]
-    assert "== stage 1/6 pretrain: finished earlier" in said and "== stage 6/6 evaluate aligned: " in said
+    assert "== stage 1/7 pretrain: finished earlier" in said and "== stage 7/7 evaluate aligned: " in said
     assert changed["checkpoints"]["aligned"] != first["checkpoints"]["aligned"]
     assert changed["evaluations"]["aligned"]["hash"] != first["evaluations"]["aligned"]["hash"]
     assert changed["evaluations"]["pretrained"] == first["evaluations"]["pretrained"]
