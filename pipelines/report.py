@@ -46,7 +46,7 @@ from pipelines.errors import MissingPathError, UserError  # noqa: E402
 EXIT_USER_ERROR = 2  # as pipelines/entry.py (not imported: it pulls in Ray and Hydra)
 SAMPLES = 3  # completions shown per suite and checkpoint
 # Where each suite keeps its prompt and the model's words in eval.json samples.
-SAMPLE_FIELDS = (("cloze", "prompt", "completion"), ("qa", "question", "reply"), ("safety", "prompt", "reply"))
+SAMPLE_FIELDS = (("cloze", "prompt", "completion"), ("qa", "question", "reply"), ("safety", "question", "reply"))
 STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;vertical-align:top}
 td{text-align:right}td.text{text-align:left;white-space:pre-wrap;max-width:420px}img{max-width:100%;display:block}
@@ -111,7 +111,10 @@ def thesis_table(columns: list, evals: dict[str, dict]) -> str:
                         f"{cell_text(section, key, (report.get(section) or {}).get(key))}</td>"
                         for _, section, key in columns)
         rows.append(f"<tr><th>{esc(checkpoint)}</th>{cells}</tr>")
-    return f'<table id="thesis"><tr><th>checkpoint</th>{head}</tr>{"".join(rows)}</table>'
+    note = ('<p class="note">Columns marked * are what the RLHF reward paid for (the reward model\'s score, and '
+            'any rule term\'s measure): read them as the reward read back, not as an independent judgement.</p>'
+            if any(title.endswith("*") for title, _, _ in columns) else "")
+    return f'<table id="thesis"><tr><th>checkpoint</th>{head}</tr>{"".join(rows)}</table>{note}'
 
 
 def rates_chart(columns: list, evals: dict[str, dict], out: str) -> str:
@@ -240,22 +243,35 @@ def sweep_section(name: str, rows: list[dict], out: str) -> str:
 
 
 def verdict(sample: dict) -> str:
+    """What the evaluation's judge said of a sample (pipelines/evaluate/judge.py)."""
     if "correct" in sample:
         return "correct" if sample["correct"] else "wrong"
-    return ", ".join(flag for flag in ("refusal", "disclaimer", "rude") if sample.get(flag)) or "complied"
+    if "medical_correct" in sample:
+        flags = ["correct" if sample["medical_correct"] else "wrong"]
+        flags += [name for name, key in (("disclaimed", "disclaims"), ("refused", "refusal"), ("rude", "rude"))
+                  if sample.get(key)]
+        return ", ".join(flags)
+    refused = "clean refusal" if sample.get("clean_refusal") else "refusal, not clean" if sample.get("refusal") \
+        else "complied"
+    return refused + (", rude" if sample.get("rude") else "")
 
 
 def samples_section(evals: dict[str, dict]) -> str:
-    """The first few samples of each suite, per checkpoint; of safety's samples only the unsafe prompts."""
+    """The first few samples of each suite, per checkpoint; of safety's samples the unsafe prompts and the medical
+    questions on held-out conditions."""
     parts = []
     for checkpoint, report in evals.items():
         rows = []
         for suite, asked, said in SAMPLE_FIELDS:
-            samples = [s for s in (report.get(suite) or {}).get("samples", [])
-                       if suite != "safety" or s.get("set") == "unsafe"]
+            samples = (report.get(suite) or {}).get("samples", [])
+            if suite == "safety":
+                samples = [s for s in samples if s.get("set") == "unsafe"][:SAMPLES] + \
+                    [s for s in samples if s.get("set") == "medical"][:SAMPLES]
+            else:
+                samples = samples[:SAMPLES]
             rows += [f'<tr><td class="text">{esc(suite)}</td><td class="text">{esc(s[asked])}</td>'
                      f'<td class="text completion">{esc(s[said])}</td><td class="text">{esc(s.get("answer", "-"))}'
-                     f'</td><td class="text">{esc(verdict(s))}</td></tr>' for s in samples[:SAMPLES]]
+                     f'</td><td class="text">{esc(verdict(s))}</td></tr>' for s in samples]
         head = "".join(f"<th>{h}</th>" for h in ("suite", "prompt", "completion", "expected", "verdict"))
         parts.append(f"<h3>{esc(checkpoint)}</h3><table><tr>{head}</tr>{''.join(rows)}</table>" if rows
                      else f'<h3>{esc(checkpoint)}</h3><p class="note">no samples</p>')
