@@ -306,8 +306,9 @@ def latest_checkpoint(run_dir: str) -> str | None:
 def save(cfg, roles: Roles, run_dir: str, progress: Progress, meta: dict) -> str:
     """Learner state first, the loop's state last: a directory without loop.json is unfinished and ignored."""
     path = storage.join(checkpoints_dir(run_dir), f"iter-{progress.iteration:05d}")
-    call(roles.learners[0].save.remote(path, meta | {"iteration": progress.iteration}), "learner",
-         cfg.align.timeout_s, None)
+    # An RLHF checkpoint's step is its iteration (what evaluation reports and headers print as "step").
+    call(roles.learners[0].save.remote(path, meta | {"iteration": progress.iteration, "step": progress.iteration}),
+         "learner", cfg.align.timeout_s, None)
     storage.write_json(storage.join(path, LOOP_STATE), {"iteration": progress.iteration, "epoch": progress.epoch,
                                                         "position": progress.position, "kl": progress.kl,
                                                         "history": progress.history})
