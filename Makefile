@@ -1,5 +1,6 @@
-# make demo — set up .venv and run the main job (data -> pre-train -> cloze eval) on the embedded local cluster.
-# make test — set up .venv and run the test suite.
+# make demo — set up .venv and run the whole life on the embedded local cluster (python -m pipelines.lifecycle: corpus
+#             -> pre-train -> domain -> instruct -> reward model -> DPO -> GRPO -> evaluate -> report card).
+# make test — set up .venv (and Debian's Chromium for the web page tests) and run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch lies on this machine's disk; on a GPU box use e.g. TORCH_SPEC=torch (CUDA build).

@@ -172,3 +172,17 @@ def test_readme_layout_folders_exist():
     assert folders, "no Layout block in README.md"
     missing = [f for f in folders if not (ROOT / f).is_dir()]
     assert not missing, f"README.md's Layout lists folders that do not exist: {missing}"
+
+
+def test_readme_names_every_config_and_group():
+    """The Configuration section names every top-level config and every group with its options (it once named 4 of
+    8 and neither conf/algorithm/ nor conf/finetune/)."""
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    conf = ROOT / "conf"
+    missing = [f"conf/{f.name}" for f in conf.glob("*.yaml") if f"conf/{f.name}" not in section]
+    for group in (g for g in conf.iterdir() if g.is_dir()):
+        if f"conf/{group.name}/" not in section:
+            missing.append(f"conf/{group.name}/")
+        missing += [f"conf/{group.name}/{o.stem}" for o in group.glob("*.yaml")
+                    if not re.search(rf"\b{re.escape(o.stem)}\b", section)]
+    assert not missing, f"README.md's Configuration section does not name: {missing}"
