@@ -32,8 +32,6 @@ import tempfile
 
 from omegaconf import DictConfig
 
-from models.checkpoint import load_checkpoint, read_tokenizer_model
-from models.hf_llama import export_hf_llama
 from models.tokenizer import CONTROL_SYMBOLS, ROLES, Tokenizer
 from pipelines import storage
 from pipelines.entry import stage_main
@@ -207,6 +205,9 @@ back to `<`. Plain `tok(text)` does what transformers always does and matches sp
 
 def export(checkpoint_dir: str, out: str, *, generation: DictConfig) -> dict:
     """Write the Hugging Face directory `out` (absolute, local) from `checkpoint_dir`; returns generation_config."""
+    from models.checkpoint import load_checkpoint, read_tokenizer_model  # torch: not needed to refuse a bad out=
+    from models.hf_llama import export_hf_llama
+
     spec = check_kind(checkpoint_dir)
     with storage.local_dir(checkpoint_dir) as local:
         model, meta = load_checkpoint(local)
