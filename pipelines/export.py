@@ -25,7 +25,6 @@ refused in one line, as are a missing checkpoint and a non-empty `out` (unless f
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -36,8 +35,6 @@ from models.tokenizer import CONTROL_SYMBOLS, ROLES, Tokenizer
 from pipelines import storage
 from pipelines.entry import stage_main
 from pipelines.errors import CheckpointError, ConfigError
-
-log = logging.getLogger(__name__)
 
 FULLWIDTH_LT = "\uff1c"  # NFKC maps it to "<"; see the module docstring
 CHAT_TEMPLATE = (
@@ -198,8 +195,9 @@ The chat format is `<s><|role|>text<|end|>...<|assistant|>`; a reply ends at `<|
 
 A chat marker typed inside a message (`<|end|>`, `<|user|>`, `<s>`) is encoded as the text it is, never as the
 marker: the chat template writes each `<` of a message as `\\uff1c` (fullwidth), which the tokenizer normalises
-back to `<`. Plain `tok(text)` does what transformers always does and matches special tokens in the text; pass
-`split_special_tokens=True` to encode them as text.
+back to `<`; no `sanitize_control_tokens=True` is needed (it would cut the text at a marker and so change the ids
+of text such as `x</s>`). Plain `tok(text)` does what transformers always does and matches special tokens in the
+text; pass `split_special_tokens=True` to encode them as text.
 """
 
 
