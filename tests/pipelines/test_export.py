@@ -77,7 +77,7 @@ def run_dir(tmp_path_factory, tok, corpus) -> Path:
     model = Decoder(DecoderConfig(vocab_size=tok.vocab_size, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=64,
                                   max_seq_len=256)).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:  # norm gains: random, so that the export's norms are seen
                 p.copy_(torch.randn_like(p) * 0.1 + 1.0)
         out = generate(model, prompts_of(tok, corpus), max_new_tokens=MAX_NEW_TOKENS, temperature=0.0, pad_id=tok.pad_id)
