@@ -17,9 +17,10 @@ writes every `<` of a message as U+FF1C (fullwidth `<`), which no special token 
 own NFKC normalisation (sentencepiece's `nmt_nfkc`, carried into the tokenizer transformers builds) turns back into
 `<` before the text is split into pieces: the ids are those of the literal text, as ours are.
 
-A checkpoint may be a local path or a URI; `out` is a local directory, written under a temporary name beside it and
-moved into place when complete. Encoders, classifiers and scalar (reward) models have no Llama equivalent and are
-refused in one line, as are a missing checkpoint and a non-empty `out` (unless force=true).
+The checkpoint (a run or checkpoint directory, local or a URI) is found and loaded by pipelines/checkpoints.py; `out`
+is a local directory, written under a temporary name beside it and moved into place when complete. Encoders,
+classifiers and scalar (reward) models have no Llama equivalent and are refused in one line, as are a missing
+checkpoint and a non-empty `out` (unless force=true).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ import tempfile
 
 from omegaconf import DictConfig
 
+from models.decoder import DecoderConfig
+from models.hf_llama import export_hf_llama
 from models.tokenizer import CONTROL_SYMBOLS, ROLES, Tokenizer
-from pipelines import storage
+from pipelines import checkpoints, storage
 from pipelines.entry import stage_main
-from pipelines.errors import CheckpointError, ConfigError
+from pipelines.errors import ConfigError
 
 FULLWIDTH_LT = "\uff1c"  # NFKC maps it to "<"; see the module docstring
 CHAT_TEMPLATE = (
@@ -47,23 +50,6 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )
-KIND_REFUSALS = {
-    "encoder": "an encoder (masked LM) does not generate text and has no Hugging Face Llama equivalent",
-    "sequence_classifier": "a sequence classifier (an encoder with a label head) has no Hugging Face Llama equivalent",
-    "scalar_model": "a scalar (reward) model scores replies and does not generate them: export the policy it trained",
-}
-
-
-def resolve_checkpoint(path: str) -> str:
-    """The checkpoint directory of `checkpoint=` (a run directory's final/ or the directory itself).
-
-    The one use of the training stage's resolver: it moves to where checkpoints live, and only this function changes
-    then. Imported here so that the checks of `out` need neither Ray nor torch's start-up."""
-    from pipelines.train.driver import resolve_init_from
-
-    return resolve_init_from(path, setting="checkpoint")
-
-
 def check_out(out: str, *, force: bool, checkpoint: str) -> str:
     """`out` as an absolute local path that may be written (refusing URIs, files and non-empty directories)."""
     if storage.is_uri(out):
@@ -82,20 +68,9 @@ def check_out(out: str, *, force: bool, checkpoint: str) -> str:
     return out
 
 
-def check_kind(checkpoint_dir: str) -> dict:
-    """The checkpoint's config.json, if it holds a decoder (the one kind a Llama directory can hold)."""
-    spec = storage.read_json(storage.join(checkpoint_dir, "config.json"))
-    kind = spec.get("kind")
-    if kind != "decoder":
-        why = KIND_REFUSALS.get(kind, f"kind {kind!r} is not a decoder")
-        raise CheckpointError(f"checkpoint={checkpoint_dir} is not a decoder: {why}; only decoder (causal LM) "
-                              f"checkpoints export to Hugging Face")
-    return spec
-
-
 def generation_config(tok: Tokenizer, generation: DictConfig) -> dict:
     """transformers' GenerationConfig: stop at <|end|> or eos (as the project does), the server's sampling."""
-    config = {"bos_token_id": tok.bos_id, "eos_token_id": [tok.end_id, tok.eos_id], "pad_token_id": tok.pad_id,
+    config = {"bos_token_id": tok.bos_id, "eos_token_id": list(tok.stop_ids), "pad_token_id": tok.pad_id,
               "max_new_tokens": generation.max_tokens, "do_sample": generation.temperature > 0}
     if generation.temperature > 0:
         # top_k=0: no top-k cut, as our sampler (transformers' own default would be 50)
@@ -157,9 +132,9 @@ def describe_stage(meta: dict) -> str:
     return ", ".join(parts)
 
 
-def model_card(*, checkpoint: str, spec: dict, n_params: int, tok: Tokenizer, stages: list[dict],
+def model_card(*, checkpoint: str, cfg: DecoderConfig, n_params: int, tok: Tokenizer, stages: list[dict],
                generation: dict) -> str:
-    c = spec["config"]
+    c = vars(cfg)
     trained = "\n".join(f"{i}. {describe_stage(m)}" for i, m in enumerate(reversed(stages), 1))
     return f"""# lmlife model export
 
@@ -201,34 +176,24 @@ text; pass `split_special_tokens=True` to encode them as text.
 """
 
 
-def export(checkpoint_dir: str, out: str, *, generation: DictConfig) -> dict:
-    """Write the Hugging Face directory `out` (absolute, local) from `checkpoint_dir`; returns generation_config."""
-    from models.checkpoint import load_checkpoint, read_tokenizer_model  # torch: not needed to refuse a bad out=
-    from models.hf_llama import export_hf_llama
-
-    spec = check_kind(checkpoint_dir)
-    with storage.local_dir(checkpoint_dir) as local:
-        model, meta = load_checkpoint(local)
-        tokenizer_model = read_tokenizer_model(local)
-    if tokenizer_model is None:
-        raise CheckpointError(f"checkpoint={checkpoint_dir} holds no tokenizer.model: export needs the tokenizer the "
-                              f"model was trained with")
-    tok = Tokenizer(tokenizer_model)
+def export(loaded: checkpoints.Loaded, out: str, *, generation: DictConfig) -> dict:
+    """Write the Hugging Face directory `out` (absolute, local) from a loaded decoder checkpoint; returns the
+    generation config."""
+    model, tok = loaded.model, loaded.tok
     gen = generation_config(tok, generation)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.export-")
     try:
-        export_hf_llama(model, tmp, bos_token_id=tok.bos_id, eos_token_id=[tok.end_id, tok.eos_id],
-                        pad_token_id=tok.pad_id)
+        export_hf_llama(model, tmp, bos_token_id=tok.bos_id, eos_token_id=list(tok.stop_ids), pad_token_id=tok.pad_id)
         with open(os.path.join(tmp, "tokenizer.model"), "wb") as f:
-            f.write(tokenizer_model)
+            f.write(tok.model_proto)
         files = {"generation_config.json": gen, **tokenizer_files(tok, model.cfg.max_seq_len)}
         for name, content in files.items():
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(content, f, indent=2, ensure_ascii=False)
-        card = model_card(checkpoint=checkpoint_dir, spec=spec, n_params=sum(p.numel() for p in model.parameters()),
-                          tok=tok, stages=lineage(checkpoint_dir, meta), generation=gen)
+        card = model_card(checkpoint=loaded.path, cfg=model.cfg, n_params=sum(p.numel() for p in model.parameters()),
+                          tok=tok, stages=lineage(loaded.path, loaded.meta), generation=gen)
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(card)
         if os.path.exists(out):
@@ -243,9 +208,9 @@ def export(checkpoint_dir: str, out: str, *, generation: DictConfig) -> dict:
 @stage_main("export")
 def main(cfg: DictConfig) -> str:
     out = check_out(cfg.out, force=cfg.force, checkpoint=cfg.checkpoint)
-    checkpoint_dir = resolve_checkpoint(cfg.checkpoint)
-    export(checkpoint_dir, out, generation=cfg.serve.generation)
-    print(f"exported {checkpoint_dir} -> {out}", flush=True)
+    loaded = checkpoints.load(cfg.checkpoint, kinds=("decoder",), purpose="a Hugging Face Llama export")
+    export(loaded, out, generation=cfg.serve.generation)
+    print(f"exported {loaded.path} -> {out}", flush=True)
     return out
 
 

@@ -183,8 +183,8 @@ def test_mistakes_are_one_line_and_exit_2(run_dir, exported, tmp_path):
                                                                    n_kv_head=1, d_ff=32, max_seq_len=16))))
     cases = {  # arguments -> the words the one error line must hold
         (f"checkpoint={run_dir}", f"out={exported}"): "is not empty",
-        (f"checkpoint={encoder}", f"out={tmp_path / 'a'}"): "an encoder (masked LM)",
-        (f"checkpoint={scalar}", f"out={tmp_path / 'b'}"): "scalar (reward) model",
+        (f"checkpoint={encoder}", f"out={tmp_path / 'a'}"): "holds an encoder",
+        (f"checkpoint={scalar}", f"out={tmp_path / 'b'}"): "holds a reward model",
         (f"checkpoint={tmp_path / 'nothing'}", f"out={tmp_path / 'c'}"): "does not exist",
         (f"checkpoint={run_dir}", "out=s3://bucket/model"): "export writes a local directory",
     }
