@@ -18,7 +18,7 @@ from models.decoder import Decoder, DecoderConfig
 
 
 def export_hf_llama(model: Decoder, out_dir: str, *, bos_token_id: int | None = None,
-                    eos_token_id: int | None = None, pad_token_id: int | None = None):
+                    eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None):
     cfg = model.cfg
     dtype = model.model.embed_tokens.weight.dtype
     config = {

@@ -10,7 +10,7 @@ from tests_conf import CONF
 STAGES = {"data": [], "pretrain": [], "lifecycle": [], "evaluate": ["checkpoint=runs/pretrain/x"],
           "finetune": ["init_from=runs/pretrain/x"], "sweep": ["init_from=runs/pretrain/x"],
           "align": ["init_from=runs/finetune/x", "align.reward_model=runs/align/x"],
-          "serve": ["checkpoint=runs/align/x"]}
+          "serve": ["checkpoint=runs/align/x"], "export": ["checkpoint=runs/align/x", "out=exports/x"]}
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 
 
