@@ -385,7 +385,7 @@ def time_table(times: dict[str, float | None], ran: dict[str, bool], total: floa
         spent = f"{seconds:7.0f} s" if ran.get(name) else "      0 s"
         note = "" if ran.get(name) else "  (kept" + (f"; took {seconds:.0f} s when it ran)" if seconds else ")")
         lines.append(f"  {name:<30} {spent}{note}")
-    lines.append(f"  {'total (this run)':<30} {total:7.0f} s")
+    lines.append(f"  {'wall clock (this run)':<30} {total:7.0f} s")
     return "\n".join(lines)
 
 

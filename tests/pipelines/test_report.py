@@ -172,7 +172,7 @@ def test_report_card_in_the_browser(runs, browser, tmp_path, tmp_path_factory):
 
     rows = [[td.text for td in tr.find_elements("tag name", "td")] for tr in
             browser.find_elements("css selector", "#times tr")]
-    assert ["evaluate pretrained", "-"] in rows and rows[-1] == ["total", "892.5"]  # unknown durations not summed
+    assert ["evaluate pretrained", "-"] in rows and rows[-1] == ["sum of the stages", "892.5"]  # unknown durations not summed
 
     images = browser.find_elements("tag name", "img")
     assert {img.get_attribute("alt") for img in images} == FIGURES
