@@ -18,6 +18,7 @@ _EXPORTS = {
     "Decoder": "decoder",
     "DecoderConfig": "decoder",
     "KVCache": "decoder",
+    "resize_vocab": "decoder",
     "Encoder": "encoder",
     "EncoderConfig": "encoder",
     "SequenceClassifier": "encoder",
@@ -44,7 +45,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "build_model",
-    "Decoder", "DecoderConfig", "KVCache",
+    "Decoder", "DecoderConfig", "KVCache", "resize_vocab",
     "Encoder", "EncoderConfig", "SequenceClassifier",
     "ScalarHead", "ScalarModel",
     "apply_lora", "mark_only_lora_trainable", "merge_lora", "LoRALinear", "lora_state_dict", "trained_state_dict",

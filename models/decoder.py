@@ -347,3 +347,29 @@ class Decoder(nn.Module):
         cfg = self.cfg
         n = self.num_params(non_embedding=True) + (cfg.vocab_size * cfg.d_model if self.lm_head is None else 0)
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.d_model * seq_len
+
+
+@torch.no_grad()
+def resize_vocab(model: Decoder, vocab_size: int, new_ids) -> Decoder:
+    """Grow `model` (in place, returned) to `vocab_size` embedding and output rows for tokens a tokenizer gained,
+    and set the rows of `new_ids` (ids >= the old vocabulary, or unused rows below it) to the mean of the other
+    old rows, in the input embedding and, when untied, the output layer: a new token starts as an average token,
+    neither dominating the softmax nor pointing anywhere. Old tokens' rows, and so their logits, do not change."""
+    old, new_ids = model.cfg.vocab_size, sorted(set(new_ids))
+    if vocab_size < old or not new_ids or new_ids[-1] >= vocab_size:
+        raise ValueError(f"resize_vocab grows a vocabulary of {old} to {vocab_size} rows for new ids {new_ids}")
+    kept = torch.ones(old, dtype=torch.bool)
+    kept[[i for i in new_ids if i < old]] = False
+
+    def grown(weight: torch.Tensor) -> nn.Parameter:  # (old, D) -> (vocab_size, D)
+        rows = torch.empty(vocab_size, weight.shape[1], dtype=weight.dtype, device=weight.device)
+        rows[:old] = weight
+        rows[new_ids] = weight[kept.to(weight.device)].float().mean(dim=0).to(weight.dtype)
+        return nn.Parameter(rows, requires_grad=weight.requires_grad)
+
+    embed = model.model.embed_tokens
+    embed.weight, embed.num_embeddings = grown(embed.weight), vocab_size
+    if model.lm_head is not None:
+        model.lm_head.weight, model.lm_head.out_features = grown(model.lm_head.weight), vocab_size
+    model.cfg.vocab_size = vocab_size
+    return model

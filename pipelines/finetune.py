@@ -12,8 +12,9 @@ fine-tuning, its tokenizer against given shards, LoRA settings, the run name), j
 always with the tokenizer saved in the `init_from` checkpoint, never a new one — and train with the shared Ray
 Train loop and driver. `finetune.lora.rank > 0` trains LoRA adapters only (decoders); `final/` then holds the
 merged weights (a plain model) and the adapters beside them. `init_from` may also be a Hugging Face Llama
-directory: it is converted once into `{run}/init/` (its tokenizer must be one of this project's: a
-`tokenizer.model` in the directory, or `tokenizer.path`). Runs land in `runs/finetune/<run.name>/final`.
+directory: it is converted once into `{run}/init/` with its sentencepiece tokenizer (a `tokenizer.model` in the
+directory, or `tokenizer.path`), this project's or the model's own, which gains the chat markers and a pad token
+it lacks (`convert_hf`). Runs land in `runs/finetune/<run.name>/final`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cluster.connect import connect
-from models.tokenizer import Tokenizer
+from models.tokenizer import Tokenizer, add_special_tokens
 from pipelines import checkpoints, storage
 from pipelines.data.build import check_data_config, prepare_shards, record_labels
 from pipelines.data.shards import read_manifest
@@ -63,32 +64,43 @@ def is_hf_llama(path: str) -> bool:
 
 
 def convert_hf(cfg: DictConfig, path: str, stage: str) -> str:
-    """A HF Llama directory converted into this project's checkpoint under `{run}/init` (once); returns it."""
+    """A HF Llama directory converted into this project's checkpoint under `{run}/init` (once); returns it.
+
+    Its sentencepiece tokenizer (`tokenizer.model` there, or `tokenizer.path`) may be the model's own: the chat
+    markers and a pad piece it lacks are appended after its vocabulary (`add_special_tokens`), the embeddings and
+    output layer grow to match with mean-initialised rows, and the extended tokenizer is saved beside the weights
+    as in every checkpoint; meta.json's `added_tokens` names the new pieces and their ids."""
     target = storage.join(run_directory(cfg, stage), "init")
     if storage.exists(storage.join(target, "model.safetensors")):
         return target
     tokenizer = cfg.tokenizer.path or (storage.join(path, TOKENIZER) if storage.exists(storage.join(path, TOKENIZER))
                                        else None)
     if not tokenizer:
-        raise CheckpointError(f"init_from={path} is a Hugging Face Llama directory without this project's "
-                              f"tokenizer.model: give tokenizer.path= (a tokenizer with the project's special tokens "
-                              f"and the model's vocabulary)")
+        raise CheckpointError(f"init_from={path} is a Hugging Face Llama directory without a tokenizer.model: give "
+                              f"tokenizer.path= (the model's sentencepiece tokenizer)")
     try:
-        tok = Tokenizer(storage.read_bytes(storage.absolute(tokenizer)))
+        extended, added = add_special_tokens(storage.read_bytes(storage.absolute(tokenizer)))
+        tok = Tokenizer(extended)
     except (ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{tokenizer}: not a tokenizer of this project ({error}); give tokenizer.path=") from None
-    from models import import_hf_llama, save_checkpoint
+        raise CheckpointError(f"{tokenizer}: not a usable sentencepiece tokenizer ({error})") from None
+    from models import import_hf_llama, resize_vocab, save_checkpoint
 
     with storage.local_dir(path) as local:
         try:
             model = import_hf_llama(local)
         except ValueError as error:
             raise CheckpointError(f"init_from={path}: {error}") from None
-    if model.cfg.vocab_size < tok.vocab_size:
+    source_size = tok.vocab_size - len(added)
+    if model.cfg.vocab_size < source_size:
         raise CheckpointError(f"init_from={path} has {model.cfg.vocab_size} embeddings, fewer than the tokenizer's "
-                              f"{tok.vocab_size} pieces ({tokenizer})")
+                              f"{source_size} pieces ({tokenizer})")
+    if added:
+        resize_vocab(model, max(model.cfg.vocab_size, tok.vocab_size), added.values())
+        log.info("added %s to the tokenizer of %s (ids %d..%d); the model now has %d embeddings", ", ".join(added),
+                 path, min(added.values()), max(added.values()), model.cfg.vocab_size)
+    meta = {"stage": "hf_import", "source": path, "tokenizer_source": tokenizer, "added_tokens": added}
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(tmp, model, tokenizer_model=tok.model_proto, meta={"stage": "hf_import", "source": path})
+        save_checkpoint(tmp, model, tokenizer_model=tok.model_proto, meta=meta)
         storage.upload_dir(tmp, target)
     log.info("converted the Hugging Face Llama checkpoint %s into %s", path, target)
     return target

@@ -43,6 +43,10 @@ SUBSETS = {"general": "general", "medical": "medical", "instruct": "instruct/tra
            "preference": "preference/train.jsonl"}
 
 
+# Shard formats whose examples use the MLM symbols (<cls> ... <sep>, <mask>): encoders only.
+ENCODER_FORMATS = ("pairs", "classify")
+
+
 def check_data_config(cfg: DictConfig) -> None:
     """The data settings that can be checked without reading anything: called before Ray starts."""
     data, shard_format = cfg.data, cfg.objective.shard_format
@@ -128,7 +132,10 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
         path = storage.absolute(tcfg.path)
         if not storage.exists(path):
             raise MissingPathError(f"tokenizer.path={tcfg.path} does not exist (a sentencepiece .model file)")
-        return path, Tokenizer(storage.read_bytes(path))
+        try:
+            return path, Tokenizer(storage.read_bytes(path))
+        except (ValueError, RuntimeError) as error:  # a foreign model: init_from=<HF dir> extends it, this does not
+            raise ConfigError(f"tokenizer.path={tcfg.path}: {error}") from None
     settings = OmegaConf.to_container(tcfg) | {"input": fingerprint}
     path = storage.join(storage.root(cfg.data.root, "data.root"), "tokenizers",
                         f"{tcfg.model_type}-{storage.config_hash(settings)}", "tokenizer.model")
@@ -204,6 +211,9 @@ def prepare_shards(cfg: DictConfig, *, force: bool | None = None) -> dict:
     check_data_config(cfg)
     files, fmt, field, fingerprint = corpus_files(data)
     tok_path, tok = ensure_tokenizer(cfg, files, fmt, field, fingerprint, force)
+    if shard_format in ENCODER_FORMATS and not tok.has_mlm_symbols:
+        raise ConfigError(f"{shard_format!r} shards are for encoders and need <mask>, <cls> and <sep>, which the "
+                          f"tokenizer {tok_path} lacks (a decoder's tokenizer)")
     # Everything that changes the shards' content. chunk_bytes is not: CLM blocks are packed across chunks in
     # corpus order, and NSP negatives come from a corpus-wide pool, not from the chunk (pipelines/data/tokenize.py).
     settings = dict(format=shard_format, seq_len=data.seq_len, valid_fraction=data.valid_fraction,

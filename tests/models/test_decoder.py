@@ -195,3 +195,44 @@ def test_kv_cache_slot_errors(decoder):
         cache.truncate(0, 4)
     cache.truncate(0, 1)
     assert cache.lengths == [1, 0]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_resize_vocab_adds_mean_rows_and_keeps_old_logits(tied):
+    from models.decoder import resize_vocab
+
+    torch.manual_seed(0)
+    model = randomize_norms(Decoder(tiny_decoder_config(tie_embeddings=tied))).eval()
+    ids = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        before = model(ids)
+    old_embed = model.model.embed_tokens.weight.detach().clone()
+    old_head = None if tied else model.lm_head.weight.detach().clone()
+    assert resize_vocab(model, VOCAB + 3, [VOCAB, VOCAB + 1, VOCAB + 2]) is model
+    assert model.cfg.vocab_size == VOCAB + 3 and model.model.embed_tokens.weight.shape == (VOCAB + 3, 32)
+    with torch.no_grad():
+        after = model(ids)
+    assert after.shape == (2, 12, VOCAB + 3)
+    torch.testing.assert_close(after[..., :VOCAB], before, rtol=0, atol=0)  # old tokens' logits unchanged
+    new = model.model.embed_tokens.weight[VOCAB:]
+    torch.testing.assert_close(new, old_embed.mean(dim=0).expand(3, -1))
+    if tied:
+        assert model.lm_head is None
+    else:
+        assert model.lm_head.weight.shape == (VOCAB + 3, 32)
+        torch.testing.assert_close(model.lm_head.weight[VOCAB:], old_head.mean(dim=0).expand(3, -1))
+    # The grown model is an ordinary one: it saves and loads with its new size, and trains every row.
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="grows a vocabulary"):
+        resize_vocab(model, VOCAB, [VOCAB])
+
+
+def test_resize_vocab_into_unused_rows_averages_only_the_others():
+    """A model with more rows than its tokenizer's pieces (sizes padded to a multiple): new ids reuse spare rows."""
+    from models.decoder import resize_vocab
+
+    model = Decoder(tiny_decoder_config()).eval()
+    spare = model.model.embed_tokens.weight[: VOCAB - 2].detach().clone()
+    resize_vocab(model, VOCAB, [VOCAB - 2, VOCAB - 1])
+    assert model.cfg.vocab_size == VOCAB
+    torch.testing.assert_close(model.model.embed_tokens.weight[VOCAB - 1], spare.mean(dim=0))
