@@ -83,7 +83,9 @@ def tokenizer_files(tok: Tokenizer, max_len: int) -> dict[str, dict]:
     sp = tok.sp
     specials = {"pad_token": sp.id_to_piece(tok.pad_id), "unk_token": sp.id_to_piece(tok.unk_id),
                 "bos_token": sp.id_to_piece(tok.bos_id), "eos_token": sp.id_to_piece(tok.eos_id)}
-    control = list(CONTROL_SYMBOLS)
+    # The control symbols this tokenizer has: a foreign one extended for chat (models.tokenizer.add_special_tokens)
+    # has no <mask>/<cls>/<sep>, and naming them would add tokens the model has no rows for.
+    control = [c for c in CONTROL_SYMBOLS if tok.sp.is_control(tok.sp.piece_to_id(c))]
     added = {str(i): {"content": sp.id_to_piece(i), "lstrip": False, "rstrip": False, "normalized": False,
                       "single_word": False, "special": True}
              for i in sorted({tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, *(sp.piece_to_id(c) for c in control)})}
