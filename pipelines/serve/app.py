@@ -399,9 +399,35 @@ def build(args: dict):
     checkpoint is checked here, once: a wrong one fails the build with its cause, not every replica, retried."""
     from pipelines import checkpoints
 
+    refuse_proxy_settings(args)
     cfg = config_from_args(args)
     checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
     return application(cfg)
+
+
+# Settings `pipelines.serve` applies itself (it starts Serve's proxy and names the app) that a builder cannot: under
+# `serve run` / `serve deploy` / a RayService, Serve does that, configured as said here.
+NOT_FOR_BUILDER = {
+    "serve.host": "start Serve's proxy with `serve start --http-host H` before `serve run`, or give "
+                  "`http_options: {host: H}` in the `serve deploy` config",
+    "serve.port": "start Serve's proxy with `serve start --http-port P` before `serve run`, or give "
+                  "`http_options: {port: P}` in the `serve deploy` config",
+    "serve.app_name": "use `serve run --name N`, or the application's `name` in the `serve deploy` config",
+    "serve.route_prefix": "use `serve run --route-prefix R`, or the application's `route_prefix` in the "
+                          "`serve deploy` config",
+}
+
+
+def refuse_proxy_settings(args: dict) -> None:
+    """A builder argument that would be silently ignored (the proxy and the app's name are Serve's) is an error
+    that says what to do instead."""
+    from pipelines.errors import ConfigError
+
+    flat = _flatten(OmegaConf.to_container(OmegaConf.create(dict(args)), resolve=True))
+    for key in flat:
+        if key.lstrip("+") in NOT_FOR_BUILDER:
+            raise ConfigError(f"{key.lstrip('+')} has no effect in the app builder (Serve runs the proxy and names "
+                              f"the app): {NOT_FOR_BUILDER[key.lstrip('+')]}")
 
 
 def config_from_args(args: dict) -> DictConfig:
