@@ -24,11 +24,9 @@ import ray
 import ray.data
 from ray.autoscaler.sdk import request_resources
 
+from cluster.errors import ClusterError  # noqa: F401 - raised here, and imported from here by callers
+
 log = logging.getLogger(__name__)
-
-
-class ClusterError(ValueError):
-    """The cluster cannot be reached or cannot run what was asked, as configured (a user error: one line)."""
 
 
 def connect(cfg: Mapping[str, Any]) -> dict:

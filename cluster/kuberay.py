@@ -339,11 +339,12 @@ def rayservice_errors(obj: dict) -> list[str]:
         if app.get("import_path") != SERVE_BUILDER:
             errors.append(f"{where}.import_path is {app.get('import_path')!r}: this project's app is {SERVE_BUILDER}")
             continue
-        from pipelines.serve.app import ChatServer, ModelServer, config_from_args
+        from pipelines.serve.app import ChatServer, ModelServer, config_from_args, refuse_proxy_settings
 
         try:
             if not isinstance(app.get("args") or {}, dict):
                 raise ValueError("not a mapping of conf/serve.yaml keys")
+            refuse_proxy_settings(app.get("args") or {})  # as the builder will
             cfg = config_from_args(app.get("args") or {})
         except CONFIG_ERRORS as error:
             errors.append(f"{where}.args: {_one_line(error)}")

@@ -5,7 +5,7 @@
 
 - The config is composed from `conf/<config_name>.yaml` (Hydra: overrides, `-m` multirun, `--cfg job`).
 - The project's error kinds (pipelines/errors.py: config, corpus, bad record, checkpoint, missing path; and
-  cluster/connect.py's ClusterError) print one
+  cluster/errors.py's ClusterError) print one
   line — `error: <what, where, what to do>` — and exit with status 2, without a traceback. Other exceptions are
   bugs: they keep Hydra's traceback (the whole of it with HYDRA_FULL_ERROR=1, which also shows user errors' traces).
 - A run that already finished (RunFinishedError) is no mistake: its message is printed as `notice: ...` and the
@@ -23,7 +23,7 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig
 
-from cluster.connect import ClusterError
+from cluster.errors import ClusterError  # not cluster.connect: a stage without Ray must not import it
 from pipelines.errors import RunFinishedError, UserError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")

@@ -32,7 +32,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.serve import protocol
-from pipelines.serve.context import ContextExceeded, fit_chat
+from pipelines.serve.context import ContextExceeded, fit_reply, with_system_prompt
 from pipelines.serve.engine import EngineError, EngineOverloaded, SamplingParams
 from pipelines.serve.protocol import APIError
 
@@ -159,6 +159,7 @@ class ChatServer:
         self.defaults = {"temperature": float(gen["temperature"]), "top_p": float(gen["top_p"])}
         self.default_max_tokens = int(gen["max_tokens"])
         self.min_reply = int(gen["min_reply_tokens"])
+        self.system_prompt = gen["system_prompt"] or None
         self.limits = dict(settings["limits"])
         self.created = int(time.time())
         key_env = settings.get("api_key_env")
@@ -182,7 +183,12 @@ class ChatServer:
     @api.get("/healthz")
     async def healthz(self):
         """No model work: what Serve's own overhead is measured on."""
-        return {"status": "ok", "model": self.name, "context": self.context, "max_tokens_cap": self.cap}
+        return {"status": "ok", "model": self.name, "context": self.context, "max_tokens_cap": self.cap,
+                "generation": self.generation_defaults()}
+
+    def generation_defaults(self) -> dict:
+        """What a request that leaves these out gets (conf/generation/): the chat page starts from them."""
+        return {**self.defaults, "max_tokens": self.default_max_tokens, "system_prompt": self.system_prompt}
 
     @api.get("/stats")
     async def stats(self):
@@ -202,7 +208,8 @@ class ChatServer:
         self._authorize(request)
         body = protocol.parse_json(await self._body(request))
         model = protocol.model_name(body, self.name)
-        messages = protocol.messages(body, max_messages=self.limits["max_messages"])
+        messages = with_system_prompt(protocol.messages(body, max_messages=self.limits["max_messages"]),
+                                      self.system_prompt)
         sampling = protocol.sampling(body, defaults=self.defaults, cap=self.cap,
                                      max_stop_chars=self.limits["max_stop_chars"])
         prompt, dropped, budget = await asyncio.to_thread(self._fit_chat, messages, sampling.max_tokens)
@@ -256,14 +263,13 @@ class ChatServer:
     def _fit_chat(self, messages: list[dict], max_tokens: int | None) -> tuple[list[int], int, int]:
         """The context rule (pipelines/serve/context.py) with this server's settings; run off the event loop.
         -> (prompt ids, messages left out, reply budget)."""
-        want = max_tokens or min(self.min_reply, self.default_max_tokens)
         try:
-            fitted = fit_chat(self.tok, messages, context=self.context, want=want)
+            fitted, budget = fit_reply(self.tok, messages, context=self.context, max_tokens=max_tokens,
+                                       default_max_tokens=self.default_max_tokens, min_reply_tokens=self.min_reply)
         except ContextExceeded as e:
             raise protocol.bad(f"{e}; shorten the message" + (" or lower max_tokens" if max_tokens else ""),
                                param="messages", code="context_length_exceeded") from None
-        prompt = fitted.ids
-        return prompt, fitted.dropped, max_tokens or min(self.default_max_tokens, self.context - len(prompt))
+        return fitted.ids, fitted.dropped, budget
 
     async def _start(self, request_id: str, prompt: list[int], params: dict):
         """Send the request to a model replica; -> its stream, once the replica has accepted it. A replica that is
@@ -399,9 +405,35 @@ def build(args: dict):
     checkpoint is checked here, once: a wrong one fails the build with its cause, not every replica, retried."""
     from pipelines import checkpoints
 
+    refuse_proxy_settings(args)
     cfg = config_from_args(args)
     checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
     return application(cfg)
+
+
+# Settings `pipelines.serve` applies itself (it starts Serve's proxy and names the app) that a builder cannot: under
+# `serve run` / `serve deploy` / a RayService, Serve does that, configured as said here.
+NOT_FOR_BUILDER = {
+    "serve.host": "start Serve's proxy with `serve start --http-host H` before `serve run`, or give "
+                  "`http_options: {host: H}` in the `serve deploy` config",
+    "serve.port": "start Serve's proxy with `serve start --http-port P` before `serve run`, or give "
+                  "`http_options: {port: P}` in the `serve deploy` config",
+    "serve.app_name": "use `serve run --name N`, or the application's `name` in the `serve deploy` config",
+    "serve.route_prefix": "use `serve run --route-prefix R`, or the application's `route_prefix` in the "
+                          "`serve deploy` config",
+}
+
+
+def refuse_proxy_settings(args: dict) -> None:
+    """A builder argument that would be silently ignored (the proxy and the app's name are Serve's) is an error
+    that says what to do instead."""
+    from pipelines.errors import ConfigError
+
+    flat = _flatten(OmegaConf.to_container(OmegaConf.create(dict(args)), resolve=True))
+    for key in flat:
+        if key.lstrip("+") in NOT_FOR_BUILDER:
+            raise ConfigError(f"{key.lstrip('+')} has no effect in the app builder (Serve runs the proxy and names "
+                              f"the app): {NOT_FOR_BUILDER[key.lstrip('+')]}")
 
 
 def config_from_args(args: dict) -> DictConfig:

@@ -52,3 +52,21 @@ def fit_chat(tok, messages: Sequence[dict], *, context: int, want: int) -> Fitte
     for piece in pieces[:system] + pieces[system + dropped:]:
         ids += piece
     return FittedChat(ids + tail, dropped)
+
+
+def with_system_prompt(messages: Sequence[dict], system_prompt: str | None) -> list[dict]:
+    """`messages` with the default system prompt (`generation.system_prompt`) first when they have none of their
+    own; unchanged when the default is null/empty, as evaluated."""
+    if not system_prompt or (messages and messages[0]["role"] == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def fit_reply(tok, messages: Sequence[dict], *, context: int, max_tokens: int | None, default_max_tokens: int,
+              min_reply_tokens: int) -> tuple[FittedChat, int]:
+    """The context rule with the generation settings (conf/generation/): the prompt leaves room for `max_tokens`
+    when the request sets it, else for at least `min_reply_tokens`; -> (the fitted prompt, the reply's token
+    budget: `max_tokens`, else `default_max_tokens` cut to the room the context leaves)."""
+    want = max_tokens or min(min_reply_tokens, default_max_tokens)
+    fitted = fit_chat(tok, messages, context=context, want=want)
+    return fitted, max_tokens or min(default_max_tokens, context - len(fitted.ids))

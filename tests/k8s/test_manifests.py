@@ -393,6 +393,7 @@ def test_rayservice_builds_the_projects_app():
     ({"serve.engine.max_batchs": "32"}, "Could not override 'serve.engine.max_batchs'"),
     ({"checkpoint": "/runs/align/demo"}, "checkpoint=/runs/align/demo is a local path"),
     ({"serve": {"num_gpus": 2}}, "1 model replicas x serve.num_gpus=2 needs 2 GPUs on one pod; the largest pod has 1"),
+    ({"serve": {"port": 9000}}, "serve.port has no effect in the app builder"),
 ])
 def test_rayservice_args_compose_with_conf_serve(args, error):
     doc = load("ray-service.chat.yaml")

@@ -9,7 +9,7 @@ const el = {
 };
 const KEY_STORE = "lmlife.apiKey";
 
-const server = { model: null, context: null, cap: null };
+const server = { model: null, context: null, cap: null, generation: null };
 let history = [];       // [{role, content, node}] — the conversation as shown (system prompt not included)
 let controller = null;  // AbortController of the reply being streamed, null when idle
 
@@ -78,6 +78,7 @@ async function loadServerInfo() {
     server.model = h.model || null;
     server.context = Number.isFinite(h.context) ? h.context : null;
     server.cap = Number.isFinite(h.max_tokens_cap) ? h.max_tokens_cap : null;
+    server.generation = h.generation || null;
   } catch (e) {
     el.model.textContent = "unavailable";
     showError(`Could not reach the server (${e.message}).`);
@@ -89,15 +90,32 @@ async function loadServerInfo() {
   if (server.cap) parts.push(`replies up to ${server.cap} tokens`);
   if (parts.length) el.model.title = parts.join(", ");
   if (server.cap) $("max-tokens-hint").textContent = `empty = server default (max ${server.cap})`;
+  applyDefaults(server.generation);
+}
+
+// The server's generation defaults (conf/generation/: the settings the evaluation measured) start the settings,
+// so that the page gives the same answer as the API and the terminal chat; fields the person edited are kept.
+function applyDefaults(gen) {
+  if (!gen) return;
+  if (Number.isFinite(gen.temperature) && el.temperature.value.trim() === "") {
+    el.temperature.value = String(gen.temperature);
+    $("temperature-hint").textContent = `0 = greedy; server default ${gen.temperature}`;
+  }
+  if (gen.system_prompt && el.system.value.trim() === "") el.system.value = gen.system_prompt;
+  $("system-hint").textContent = gen.system_prompt ? "the server's default" : "server default: none";
+  if (Number.isFinite(gen.max_tokens)) el.maxTokens.placeholder = `server default (${gen.max_tokens})`;
 }
 
 // ---- request -------------------------------------------------------------------------------------------------
 function buildRequest() {
-  const temperature = el.temperature.value.trim() === "" ? 0 : Number(el.temperature.value);
-  if (!Number.isFinite(temperature) || temperature < 0 || temperature > 2) {
-    throw new Error("Temperature must be a number from 0 to 2.");
+  const body = { stream: true, messages: [] };
+  if (el.temperature.value.trim() !== "") {  // empty: the server's default
+    const temperature = Number(el.temperature.value);
+    if (!Number.isFinite(temperature) || temperature < 0 || temperature > 2) {
+      throw new Error("Temperature must be a number from 0 to 2.");
+    }
+    body.temperature = temperature;
   }
-  const body = { stream: true, temperature, messages: [] };
   if (server.model) body.model = server.model;
   const maxText = el.maxTokens.value.trim();
   if (maxText !== "") {

@@ -61,7 +61,8 @@ def keyed(served, serve_settings, long_checkpoint):
 def test_models_and_health(openai_client, chat_url):
     assert [m.id for m in openai_client.models.list().data] == ["tiny-chat"]
     health = httpx.get(chat_url + "/healthz").json()
-    assert health == {"status": "ok", "model": "tiny-chat", "context": 64, "max_tokens_cap": 63}
+    assert health == {"status": "ok", "model": "tiny-chat", "context": 64, "max_tokens_cap": 63,
+                      "generation": {"temperature": 0.0, "top_p": 0.95, "max_tokens": 24, "system_prompt": None}}
     stats = httpx.get(chat_url + "/stats").json()
     assert stats["slots"] == 8 and stats["batching"] and stats["context"] == 64
 
@@ -82,6 +83,17 @@ def test_greedy_chat_equals_generate_streaming_and_not(openai_client, local):
     assert "".join(content) == text and len(content) >= 2  # streamed in pieces
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == finish
     assert chunks[-1].usage.completion_tokens == completion_tokens and not chunks[-1].choices
+
+
+def test_the_defaults_are_the_evaluated_settings(openai_client, local):
+    """A request that leaves temperature and the system prompt out gets what the evaluation measured: the greedy
+    reply to the conversation as it is, with no system prompt added (it was sampled at temperature 0.7)."""
+    question = [{"role": "user", "content": QUESTIONS[1]}]
+    text, finish, prompt_tokens, _ = expected_chat(local, question, 20)
+    for _ in range(2):
+        reply = openai_client.chat.completions.create(model="tiny-chat", messages=question, max_tokens=20)
+        assert reply.choices[0].message.content == text and reply.choices[0].finish_reason == finish
+        assert reply.usage.prompt_tokens == prompt_tokens
 
 
 def test_concurrent_requests_batched_together_return_the_same_text_as_alone(openai_client, chat_url, local):

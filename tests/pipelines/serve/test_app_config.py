@@ -55,3 +55,18 @@ def test_the_builder_checks_the_checkpoint_before_any_replica(tmp_path):
         build({"checkpoint": f"{tmp_path}/nowhere"})
     with pytest.raises(MissingPathError, match="checkpoint= is required"):
         build({})
+
+
+@pytest.mark.parametrize("key, advice", [("serve.port", "serve start --http-port P"),
+                                         ("serve.host", "serve start --http-host H"),
+                                         ("serve.app_name", "serve run --name N"),
+                                         ("serve.route_prefix", "serve run --route-prefix R")])
+def test_the_builder_refuses_what_only_serve_can_set(tmp_path, key, advice):
+    """`serve run pipelines.serve.app:build ... serve.port=9000` used to be ignored: Serve's proxy stayed at 8000."""
+    from pipelines.serve.app import build
+
+    with pytest.raises(ConfigError, match=f"{key} has no effect in the app builder") as error:
+        build({"checkpoint": f"{tmp_path}/nowhere", key: "9000"})
+    assert advice in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="serve.port has no effect"):  # nested, as a serveConfigV2's args
+        build({"checkpoint": f"{tmp_path}/nowhere", "serve": {"port": 9000}})

@@ -1,5 +1,6 @@
-"""The chat page in a real browser (headless Chromium): a greedy reply streamed into the page is exactly the reply the
-OpenAI client gets for the same conversation, and a server error reaches the person in #error.
+"""The chat page in a real browser (headless Chromium): it starts from the server's generation defaults and says the
+demo model is not medical advice; its greedy reply streamed into the page is exactly the reply the OpenAI client
+gets for the same conversation with the API's defaults, and a server error reaches the person in #error.
 
 Needs Debian's chromium and chromedriver at pinned paths (the project's setup installs them); Selenium Manager is never
 asked to download a driver (the `browser` fixture of tests/conftest.py). Fixtures `chat_url` and `openai_client`
@@ -53,9 +54,11 @@ def _error_text(driver) -> str:
 
 def test_streamed_greedy_reply_matches_the_api(page, openai_client, tmp_path):
     assert page.find_element("id", "model").text == openai_client.models.list().data[0].id
-    system = page.find_element("id", "system").get_property("value")
-    assert system == "You are a helpful assistant."
-    _fill(page, "temperature", "0")
+    # The page starts from the server's defaults (GET /healthz), the evaluated settings: greedy, no system prompt.
+    assert page.find_element("id", "system").get_property("value") == ""
+    assert page.find_element("id", "temperature").get_property("value") == "0"
+    disclaimer = page.find_element("id", "disclaimer")
+    assert disclaimer.is_displayed() and "not medical advice" in disclaimer.text
     _fill(page, "max-tokens", "12")
     assert page.find_element("id", "stop").get_property("disabled")
 
@@ -69,12 +72,10 @@ def test_streamed_greedy_reply_matches_the_api(page, openai_client, tmp_path):
     assert len(replies) == 1
     shown = replies[0].get_property("textContent")
 
-    expected = openai_client.chat.completions.create(
-        model=openai_client.models.list().data[0].id,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": QUESTION}],
-        temperature=0, max_tokens=12,
+    expected = openai_client.chat.completions.create(  # the API's defaults: one question, one answer
+        model=openai_client.models.list().data[0].id, messages=[{"role": "user", "content": QUESTION}], max_tokens=12,
     ).choices[0].message.content
-    assert shown.strip() == expected.strip(), "the streamed reply on the page differs from the API's greedy reply"
+    assert shown.strip() == expected.strip(), "the streamed reply on the page differs from the API's default reply"
     assert shown.strip(), "the model replied with nothing"
     assert page.find_element("id", "stop").get_property("disabled")
     assert not page.find_element("id", "send").get_property("disabled")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from models.tokenizer import Tokenizer, train_sentencepiece
-from pipelines.serve.context import ContextExceeded, fit_chat
+from pipelines.serve.context import ContextExceeded, fit_chat, fit_reply, with_system_prompt
 
 WORDS = "the capital of france is paris water boils at degrees a cold needs rest and fluids".split()
 
@@ -70,3 +70,27 @@ def test_a_megabyte_of_messages_fits_in_one_pass(tok):
     seconds = time.perf_counter() - start
     assert got.dropped == 998 and len(got.ids) + 16 <= 192
     assert seconds < 2, f"{seconds:.2f} s"  # ~0.1 s measured; generous for a shared machine
+
+
+def test_the_default_system_prompt_goes_first_only_when_there_is_none():
+    user = [{"role": "user", "content": "hi"}]
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    assert with_system_prompt(user, None) == with_system_prompt(user, "") == user  # as evaluated: none
+    assert with_system_prompt(user, "Be kind.") == [{"role": "system", "content": "Be kind."}, *user]
+    assert with_system_prompt(own, "Be kind.") == own
+
+
+def test_the_reply_budget_follows_the_generation_settings(tok):
+    messages = [{"role": "user", "content": "the capital of france is paris"}] * 3
+    alone = len(tok.encode_chat(messages[-1:], add_generation_prompt=True).ids)
+    whole = len(tok.encode_chat(messages, add_generation_prompt=True).ids)
+    # No max_tokens: room for min_reply_tokens at least, then the default budget cut to what the context leaves.
+    fitted, budget = fit_reply(tok, messages, context=whole + 5, max_tokens=None, default_max_tokens=96,
+                               min_reply_tokens=16)
+    assert fitted.dropped >= 1 and budget == whole + 5 - len(fitted.ids) >= 16
+    fitted, budget = fit_reply(tok, messages, context=whole + 100, max_tokens=None, default_max_tokens=96,
+                               min_reply_tokens=16)
+    assert (fitted.dropped, budget) == (0, 96)
+    fitted, budget = fit_reply(tok, messages, context=alone + 8, max_tokens=8, default_max_tokens=96,
+                               min_reply_tokens=16)
+    assert (fitted.dropped, budget, len(fitted.ids)) == (2, 8, alone)
