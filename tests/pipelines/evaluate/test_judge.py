@@ -58,8 +58,6 @@ def test_the_fixture_is_big_and_balanced_enough():
     assert all(probe in replies for probe in ISSUE_PROBES)
 
 
-@pytest.mark.xfail(strict=True, reason="the demo's checkpoints were not ready (machine too loaded): replies sampled "
-                   "with sample_judge_cases.py and labelled by hand are still to be added; drop this mark then")
 def test_the_fixture_holds_replies_sampled_from_real_checkpoints():
     assert len({c["reply"] for c in CASES if c["source"].startswith("sampled:")}) >= 40
 
