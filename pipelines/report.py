@@ -114,20 +114,23 @@ def thesis_table(columns: list, evals: dict[str, dict]) -> str:
     note = ('<p class="note">Columns marked * are what the RLHF reward paid for (the reward model\'s score, and '
             'any rule term\'s measure): read them as the reward read back, not as an independent judgement.</p>'
             if any(title.endswith("*") for title, _, _ in columns) else "")
-    return f'<table id="thesis"><tr><th>checkpoint</th>{head}</tr>{"".join(rows)}</table>{note}'
+    # As wide as the measures are many: it scrolls sideways rather than running off the page.
+    return (f'<div style="overflow-x:auto"><table id="thesis"><tr><th>checkpoint</th>{head}</tr>{"".join(rows)}'
+            f'</table></div>{note}')
 
 
 def rates_chart(columns: list, evals: dict[str, dict], out: str) -> str:
     """One group per rate column (perplexity and reward have scales of their own), one bar per checkpoint; a missing
     value draws no bar."""
     rates = [(title, section, key) for title, section, key in columns if section != "ppl" and key != "reward"]
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig, ax = plt.subplots(figsize=(12, 4.6))
     width = 0.8 / max(len(evals), 1)
     for i, (checkpoint, report) in enumerate(evals.items()):
         values = [(report.get(section) or {}).get(key) for _, section, key in rates]
         ax.bar([x + i * width for x in range(len(rates))], [float("nan") if v is None else 100 * v for v in values],
                width, label=checkpoint)
-    ax.set_xticks([x + width * (len(evals) - 1) / 2 for x in range(len(rates))], [t for t, _, _ in rates])
+    ax.set_xticks([x + width * (len(evals) - 1) / 2 for x in range(len(rates))], [t for t, _, _ in rates],
+                  rotation=30, ha="right")  # many measures: upright names would run into each other
     ax.set(ylabel="%", ylim=(0, 100))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # not over the bars
     return figure(fig, "thesis", out)
