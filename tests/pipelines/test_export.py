@@ -170,9 +170,9 @@ def test_export_files_and_model_card(exported):
     card = (exported / "README.md").read_text()
     assert "Not medical advice" in card and "pretrain (clm), 40 steps" in card and "finetune (instruct)" in card
     generation = json.loads((exported / "generation_config.json").read_text())
-    assert generation | {"eos_token_id": None} == {  # conf/serve.yaml's serve.generation
-        "bos_token_id": 2, "eos_token_id": None, "pad_token_id": 0, "do_sample": True, "temperature": 0.7,
-        "top_p": 0.95, "top_k": 0, "max_new_tokens": 96}
+    # serve.generation (conf/generation/default.yaml): greedy, as the thesis table measured — no sampling settings.
+    assert generation | {"eos_token_id": None} == {
+        "bos_token_id": 2, "eos_token_id": None, "pad_token_id": 0, "do_sample": False, "max_new_tokens": 96}
 
 
 def test_mistakes_are_one_line_and_exit_2(run_dir, exported, tmp_path):
