@@ -45,11 +45,15 @@ class SubmitError(Exception):
     """A mistake on this side (address, stage, overrides, submission id): one line, exit status 2."""
 
 
+# Hydra stages that are not jobs: the terminal chat talks to a person at a terminal.
+INTERACTIVE = {"chat"}
+
+
 def stages() -> list[str]:
-    """Modules under pipelines/ that are Hydra stages (a module with conf/<name>.yaml)."""
+    """Modules under pipelines/ that are Hydra stages (a module with conf/<name>.yaml) and can run as a job."""
     names = {p.stem for p in (ROOT / "pipelines").glob("*.py")} | {
         p.parent.name for p in (ROOT / "pipelines").glob("*/__main__.py")}
-    return sorted(n for n in names if (ROOT / "conf" / f"{n}.yaml").exists())
+    return sorted(n for n in names - INTERACTIVE if (ROOT / "conf" / f"{n}.yaml").exists())
 
 
 def address(given: str | None) -> tuple[str, str]:

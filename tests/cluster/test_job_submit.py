@@ -146,4 +146,6 @@ def test_cluster_submit_checks_the_overrides_before_submitting():
     typo = submit(["pretrain", "trainer.max_stepz=10"], env, timeout=60)
     assert typo.returncode == 2 and "error: pretrain trainer.max_stepz=10:" in typo.stderr
     unknown = submit(["pretrian"], env, timeout=60)
-    assert unknown.returncode == 2 and "no stage 'pretrian'; stages: align, data, evaluate" in unknown.stderr
+    assert unknown.returncode == 2 and "no stage 'pretrian'; stages: align, data, evaluate, export," in unknown.stderr
+    chat = submit(["chat"], env, timeout=60)  # a conversation at a terminal is not a job
+    assert chat.returncode == 2 and "no stage 'chat'" in chat.stderr
