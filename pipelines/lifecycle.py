@@ -316,12 +316,20 @@ def lifecycle(cfg: DictConfig, log_dir: Path) -> dict:
     for checkpoint in (row for row, _ in STAGES.values() if row):
         if checkpoint not in cfg.lifecycle.eval_suites:
             raise ConfigError(f"lifecycle.eval_suites.{checkpoint} is missing (a list of suites)")
+    until = cfg.lifecycle.until
+    if until is not None and until not in STAGES:
+        raise ConfigError(f"lifecycle.until={until}: not a stage (one of {', '.join(STAGES)}, or null for all)")
+    if until is not None and cfg.lifecycle.serve and until != list(STAGES)[-1]:
+        raise ConfigError(f"lifecycle.serve=true serves the aligned model, which lifecycle.until={until} never trains")
     life = Lifecycle(cfg, log_dir)
     configs = chain_configs(cfg)
-    reward_final = storage.join(run_directory(configs["reward"], cfg.lifecycle.reward.config), FINAL)
+    if until is not None:  # the chain up to and including `until`
+        configs = dict(list(configs.items())[:list(STAGES).index(until) + 1])
+    reward_final = storage.join(run_directory(configs["reward"], cfg.lifecycle.reward.config), FINAL) \
+        if "reward" in configs else None
     evaluations = {row: life.eval_config(row, storage.join(run_directory(configs[stage], cfg.lifecycle[stage].config),
                                                            FINAL), reward_final)
-                   for stage, (row, _) in STAGES.items() if row}
+                   for stage, (row, _) in STAGES.items() if row and stage in configs}
     life.plan(configs, evaluations)
     for stage, config in configs.items():
         life.stage(stage, config)
@@ -402,8 +410,10 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     state = lifecycle(cfg, Path(HydraConfig.get().runtime.output_dir))
-    aligned = state["checkpoints"]["aligned"]
-    if cfg.lifecycle.serve:
+    aligned = state["checkpoints"].get("aligned")
+    if aligned is None:
+        print(f"\nstopped after stage {cfg.lifecycle.until} (lifecycle.until): run without it to go on from there")
+    elif cfg.lifecycle.serve:
         from pipelines.serve.__main__ import serve_until_stopped
 
         serve_until_stopped(serve_config(cfg, aligned))  # until Ctrl-C

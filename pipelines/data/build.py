@@ -142,11 +142,19 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
     if storage.exists(path) and not force:
         log.info("reusing tokenizer %s", path)
         return path, Tokenizer(storage.read_bytes(path))
-    log.info("training a %s tokenizer (vocab <= %d) on up to %d documents", tcfg.model_type, tcfg.vocab_size,
-             tcfg.sample_docs)
+    also = list(tcfg.also_subsets)
+    if also and cfg.data.source != "builtin":
+        raise ConfigError(f"tokenizer.also_subsets={also} adds built-in corpus subsets; with data=files train the "
+                          f"tokenizer on a sample of all your text (or give tokenizer.path)")
+    unknown = [name for name in also if name not in SUBSETS]
+    if unknown:
+        raise ConfigError(f"tokenizer.also_subsets: {unknown} not among the built-in subsets {sorted(SUBSETS)}")
+    log.info("training a %s tokenizer (vocab <= %d) on up to %d documents%s", tcfg.model_type, tcfg.vocab_size,
+             tcfg.sample_docs, f" and the training text of {', '.join(also)}" if also else "")
     start = time.perf_counter()
-    sentences = (s for text in sample_documents(cfg.data, files, fmt, field, tcfg.sample_docs)
-                 for s in split_sentences(text))
+    texts = itertools.chain(sample_documents(cfg.data, files, fmt, field, tcfg.sample_docs),
+                            *(subset_texts(builtin_corpus(cfg.data), name) for name in also))
+    sentences = (s for text in texts for s in split_sentences(text))
     with surface_corpus_errors():
         first = next(sentences, None)
         if first is None:
@@ -158,6 +166,20 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
     tok = Tokenizer(model)
     log.info("tokenizer: %d pieces in %.1fs -> %s", tok.vocab_size, time.perf_counter() - start, path)
     return path, tok
+
+
+# The text fields of the built-in corpus's records (documents, chat messages, rankings, task records).
+TEXT_FIELDS = ("text", "document", "summary", "prompt")
+
+
+def subset_texts(corpus_dir: str, subset: str):
+    """Every text of a built-in subset's training records, one at a time: documents, chat messages' contents,
+    rankings' prompts and responses, task records' documents and summaries."""
+    for path in storage.expand([storage.join(corpus_dir, SUBSETS[subset])], suffixes=FORMATS["jsonl"]):
+        for record in storage.read_jsonl(path):
+            yield from (record[key] for key in TEXT_FIELDS if isinstance(record.get(key), str))
+            yield from (message["content"] for message in record.get("messages", ()))
+            yield from record.get("responses", ())
 
 
 def sample_documents(data: DictConfig, files: list[str], fmt: str, field: str, limit: int):

@@ -223,7 +223,7 @@ class RewardRanking(nn.Module):
 
 class DirectPreference(nn.Module):
     model_kind, shard_format, ppl_of = "decoder", "preference", None
-    stat_names = ("loss", "acc", "margin", "chosen_reward", "rejected_reward")
+    stat_names = ("loss", "acc", "margin", "chosen_reward", "rejected_reward", "chosen_nll")
     unused_parameters = False
 
     def __init__(self, model: nn.Module, cfg: Mapping, special_ids: Mapping[str, int], *, vocab_size: int,
@@ -231,6 +231,7 @@ class DirectPreference(nn.Module):
         super().__init__()
         self.model = model
         self.pad_id, self.max_responses, self.beta = special_ids["pad"], cfg["max_responses"], cfg["beta"]
+        self.sft_weight = float(cfg["sft_weight"])
         reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.__dict__["reference"] = reference  # not a submodule: no gradients, no optimizer state, not saved
 
@@ -251,10 +252,16 @@ class DirectPreference(nn.Module):
         worse = (rank > 0).nonzero(as_tuple=True)[0]  # (P,)
         chosen = best[owner[worse]]
         loss, stats = dpo_loss(policy[chosen], policy[worse], ref[chosen], ref[worse], self.beta)
+        # The chosen response's per-token negative log-likelihood, once per pair (so it weighs with the pairs in
+        # the global normalisation): DPO alone only moves the margin, and may lower the chosen response's own
+        # probability with the rejected one's; this term keeps the preferred replies likely (RPO; Llama 3's DPO).
+        chosen_nll = -policy[chosen] / mask[chosen, 1:].sum(dim=1).clamp(min=1)  # (P,)
+        if self.sft_weight:
+            loss = loss + self.sft_weight * chosen_nll.mean()
         P = len(worse)
         return loss, {"loss": _stat(loss * P, P)} | {k: _stat(stats[k] * P, P) for k in
                                                       ("margin", "chosen_reward", "rejected_reward")} | {
-            "acc": _stat(stats["accuracy"] * P, P)}
+            "acc": _stat(stats["accuracy"] * P, P), "chosen_nll": _stat(chosen_nll.detach().sum(), P)}
 
     def tokens(self, batch) -> int:
         return int((batch["input_ids"] != self.pad_id).sum())

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from pipelines.errors import ConfigError
 from pipelines.lifecycle import (STAGES, StageFailed, columns, lifecycle, serve_config, stage_config,
                                  thesis_table)
 from tests_conf import CONF, LIFECYCLE_TINY
@@ -151,6 +152,18 @@ def test_a_rerun_keeps_everything_and_a_change_reruns_only_what_it_touches(tiny_
     assert changed["checkpoints"]["aligned"] != first["checkpoints"]["aligned"]
     assert changed["evaluations"]["aligned"]["hash"] != first["evaluations"]["aligned"]["hash"]
     assert changed["evaluations"]["pretrained"] == first["evaluations"]["pretrained"]
+
+
+def test_until_stops_the_chain_after_that_stage_and_keeps_what_ran(tiny_life, capsys):
+    run, root, first = tiny_life
+    early = run("lifecycle.until=domain", logs="logs-until")
+    assert list(early["stages"]) == ["pretrain", "domain"] and all(s["skipped"] for s in early["stages"].values())
+    assert list(early["evaluations"]) == ["pretrained", "domain-adapted"]
+    assert early["evaluations"]["domain-adapted"] == first["evaluations"]["domain-adapted"]  # kept, not redone
+    table = capsys.readouterr().out.split("What each stage added")[1]
+    assert "domain-adapted" in table and "instruction-tuned" not in table
+    with pytest.raises(ConfigError, match="lifecycle.until=nope: not a stage"):
+        run("lifecycle.until=nope", logs="logs-until-bad")
 
 
 def test_a_failing_stage_stops_the_chain_with_one_line_naming_it(tiny_life):

@@ -50,8 +50,8 @@ def test_the_reward_objective_scores_every_real_response_and_ranks_all_pairs():
 def test_dpo_starts_at_log_2_and_its_reference_is_frozen():
     torch.manual_seed(0)
     policy = build_model(TINY)
-    objective = DirectPreference(policy, {"max_responses": 4, "beta": 0.1}, {"pad": 0}, vocab_size=40,
-                                 first_ordinary_id=5)
+    objective = DirectPreference(policy, {"max_responses": 4, "beta": 0.1, "sft_weight": 0.0}, {"pad": 0},
+                                 vocab_size=40, first_ordinary_id=5)
     assert not any("reference" in name for name, _ in objective.named_parameters())
     loss, stats = objective(preference_batch([4, 3]))
     # At the start the policy is the reference: every implicit reward is 0, the loss -log sigmoid(0) = log 2.
@@ -59,6 +59,27 @@ def test_dpo_starts_at_log_2_and_its_reference_is_frozen():
     assert float(stats["loss"][1]) == 3 + 2  # the best against each worse one
     loss.backward()
     assert all(p.grad is not None for p in policy.parameters())
+
+
+def test_dpo_sft_weight_adds_the_chosen_replies_per_token_nll_once_per_pair():
+    torch.manual_seed(0)
+    policy = build_model(TINY)
+    batch = preference_batch([4, 2])
+    plain = DirectPreference(policy, {"max_responses": 4, "beta": 0.1, "sft_weight": 0.0}, {"pad": 0},
+                             vocab_size=40, first_ordinary_id=5)
+    mixed = DirectPreference(policy, {"max_responses": 4, "beta": 0.1, "sft_weight": 0.5}, {"pad": 0},
+                             vocab_size=40, first_ordinary_id=5)
+    dpo, _ = plain(batch)
+    loss, stats = mixed(batch)
+    # By hand: each ranking's best reply (rank 0), its assistant tokens (positions 3-4), mean NLL per token.
+    ids = batch["input_ids"].view(2, 4, 6)
+    nll = []
+    for b in range(2):
+        logp = torch.log_softmax(policy(ids[b, 0][None, :-1]).float(), -1)[0]
+        nll.append(-(logp[2, ids[b, 0, 3]] + logp[3, ids[b, 0, 4]]) / 2)
+    per_pair = torch.stack([nll[0]] * 3 + [nll[1]] * 1)  # 3 worse replies in the first ranking, 1 in the second
+    torch.testing.assert_close(loss, dpo + 0.5 * per_pair.mean(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats["chosen_nll"][0] / stats["chosen_nll"][1], per_pair.mean(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

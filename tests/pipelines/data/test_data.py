@@ -13,7 +13,7 @@ import pytest
 from models.tokenizer import Tokenizer
 from pipelines.data import prepare_shards
 from pipelines.data.tokenize import is_valid_doc
-from pipelines.errors import BadRecordError, CorpusError
+from pipelines.errors import BadRecordError, ConfigError, CorpusError
 
 
 def read_split(manifest: dict, split: str) -> pa.Table:
@@ -26,6 +26,29 @@ def corpus_docs(manifest: dict) -> list[str]:
     for path in manifest["sources"]:
         docs += [json.loads(line)["text"] for line in Path(path).read_text().splitlines() if line.strip()]
     return docs
+
+
+def test_tokenizer_also_subsets_make_the_chat_words_pieces(clm_manifest, small_overrides, compose_config, tmp_path):
+    """Trained on general text alone, the chat and medical words are spelled in small pieces; with the subsets the
+    later stages read in its sample, they are whole pieces (fewer tokens for the same text)."""
+    from pipelines.data.build import builtin_corpus, ensure_tokenizer, subset_texts
+
+    compose = compose_config
+    cfg = compose("data", [*small_overrides, "tokenizer.also_subsets=[medical,instruct,preference]"])
+    chat = list(subset_texts(builtin_corpus(cfg.data), "preference"))[:300]
+    assert chat and all(isinstance(text, str) and text for text in chat)
+    manifest = prepare_shards(cfg)
+    assert manifest["tokenizer"]["path"] != clm_manifest["tokenizer"]["path"]  # another tokenizer, cached apart
+    general_only, mixed = (Tokenizer(Path(m["tokenizer"]["path"]).read_bytes()) for m in (clm_manifest, manifest))
+    count = lambda tok: sum(len(ids) for ids in tok.encode(chat))  # noqa: E731
+    assert count(mixed) < 0.8 * count(general_only), (count(mixed), count(general_only))
+    files = compose("data", [f"data.root={tmp_path}", "data=files", f"data.paths=[{tmp_path}/a.txt]", "data.format=text",
+                             "tokenizer.also_subsets=[instruct]"])
+    with pytest.raises(ConfigError, match="also_subsets=.*with data=files"):
+        ensure_tokenizer(files, [f"{tmp_path}/a.txt"], "text", "text", "x", False)
+    with pytest.raises(ConfigError, match=r"\['chats'\] not among the built-in subsets"):
+        ensure_tokenizer(compose("data", [*small_overrides, "tokenizer.also_subsets=[chats]"]), [], "jsonl", "text",
+                         "y", False)
 
 
 def test_clm_shards_hold_every_token_once_in_order(clm_manifest):
