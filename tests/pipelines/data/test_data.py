@@ -42,8 +42,8 @@ def test_tokenizer_also_subsets_make_the_chat_words_pieces(clm_manifest, small_o
     general_only, mixed = (Tokenizer(Path(m["tokenizer"]["path"]).read_bytes()) for m in (clm_manifest, manifest))
     count = lambda tok: sum(len(ids) for ids in tok.encode(chat))  # noqa: E731
     assert count(mixed) < 0.8 * count(general_only), (count(mixed), count(general_only))
-    files = compose("data", [f"data.root={tmp_path}", "data=files", f"data.paths=[{tmp_path}/a.txt]", "data.format=text",
-                             "tokenizer.also_subsets=[instruct]"])
+    files = compose("data", [f"data.root={tmp_path}", "data=files", f"data.paths=[{tmp_path}/a.txt]",
+                             "data.format=text", "tokenizer.also_subsets=[instruct]"])
     with pytest.raises(ConfigError, match="also_subsets=.*with data=files"):
         ensure_tokenizer(files, [f"{tmp_path}/a.txt"], "text", "text", "x", False)
     with pytest.raises(ConfigError, match=r"\['chats'\] not among the built-in subsets"):
