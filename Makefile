@@ -24,19 +24,21 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
-# vLLM in its own venv: its CPU build is large and pins its own stack. The torchvision it pulls does not match the
-# CPU torch (vLLM then fails at import with `operator torchvision::nms does not exist`), and nothing here needs it.
+# vLLM in its own venv: its CPU build is large and pins its own stack. The torchvision, torchaudio and torchcodec it
+# pulls are built for other torch releases than its own CPU torch (vLLM then fails at import: `operator
+# torchvision::nms does not exist`, `Could not load this library: .../_torchaudio.so`, `.../libtorchcodec_image.so`);
+# serving text needs none of them, and vLLM runs without them.
 $(VLLM_STAMP): pyproject.toml Makefile
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
 	$(VLLM_PY) -m pip install -q -e ".[test,vllm]" "$(TORCH_SPEC)"
-	$(VLLM_PY) -m pip uninstall -q -y torchvision
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
 # LMLIFE_REQUIRE_VLLM=1: here a missing vllm fails the tests instead of skipping them (as plain `make test` does).
 test-vllm: $(VLLM_STAMP)
-	LMLIFE_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/serve/test_vllm.py -q --durations=10
+	LMLIFE_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/pipelines/serve/test_vllm.py -q --durations=10
 
 # The chat page test drives Debian's Chromium and its matching driver (pinned paths, nothing downloaded at run
 # time). CI runs as root on Debian, so the test set-up installs them with apt; elsewhere it says what to install.
