@@ -166,9 +166,11 @@ class VLLMModelServer:
 
     def stats(self) -> dict:
         """The figures `app.ModelServer.stats` gives, as far as vLLM's engine has them."""
-        return {"backend": "vllm", "active": self.active, "waiting": None, "slots": self.slots, "batching": True,
-                "steps": None, "tokens": self.tokens, "requests": self.requests, "max_active": self.max_active,
-                "cancelled": self.cancelled, "context": self.context}
+        return {"backend": "vllm", "active": self.active, "slots": self.slots, "batching": True,
+                "tokens": self.tokens, "requests": self.requests, "max_active": self.max_active,
+                "cancelled": self.cancelled, "context": self.context,
+                # requests vLLM's engine still holds (an aborted one leaves at once)
+                "engine_requests": self.engine.output_processor.get_num_unfinished_requests()}
 
     def __del__(self):
         engine = getattr(self, "engine", None)

@@ -19,6 +19,8 @@ PAIRS = [
     ("What colour is the sky?", "On a clear day the sky is blue."),
     ("How many legs has a spider?", "A spider has eight legs."),
 ]
+# A long answer: a reply still decoding when the client or a stop string leaves it (the abort path).
+COUNT = ("Count to forty.", " ".join(str(i) for i in range(1, 41)))
 TEXT = ["The quick brown fox jumps over the lazy dog.", "Rivers flow to the sea and rain falls on the hills.",
         "A doctor listens to the heart and the lungs.", "Paris, Lima and Rome are cities with old centres."]
 
@@ -26,14 +28,14 @@ TEXT = ["The quick brown fox jumps over the lazy dog.", "Rivers flow to the sea 
 def build_chat64(path: str, *, steps: int = 150, seed: int = 0, d_model: int = 128, n_head: int = 2) -> Tokenizer:
     """Write the checkpoint directory `path` (steps=0: untrained weights); -> its tokenizer. One torch thread: on 2
     shared cores more threads only contend on a model this small (150 steps: ~5 s, 2 min with the default)."""
-    proto = train_sentencepiece([s for pair in PAIRS for s in pair] * 4 + TEXT * 4, model_type="bpe",
+    proto = train_sentencepiece([s for pair in [*PAIRS, COUNT] for s in pair] * 4 + TEXT * 4, model_type="bpe",
                                 vocab_size=400, seed=seed)
     tok = Tokenizer(proto)
     torch.manual_seed(seed)
     model = Decoder(DecoderConfig(vocab_size=tok.vocab_size, d_model=d_model, n_layer=2, n_head=n_head, n_kv_head=1,
                                   d_ff=256, max_seq_len=128))
     rows = [tok.encode_chat([{"role": "user", "content": q}, {"role": "assistant", "content": a}]).ids
-            for q, a in PAIRS] + [tok.encode(t, bos=True, eos=True) for t in TEXT]
+            for q, a in [*PAIRS, COUNT]] + [tok.encode(t, bos=True, eos=True) for t in TEXT]
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), tok.pad_id)
     for i, row in enumerate(rows):

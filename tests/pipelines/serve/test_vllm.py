@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from chat64 import PAIRS, TEXT, build_chat64
+from chat64 import COUNT, PAIRS, TEXT, build_chat64
 from models.generate import generate
 from tests_conf import ROOT
 
@@ -114,14 +114,15 @@ def test_seeded_sampling_repeats_and_a_stop_string_aborts_the_rest(client, vllm_
     again = client.chat.completions.create(temperature=1.0, seed=7, **ask).choices[0].message.content
     assert first == again
     before = httpx.get(vllm_app[1] + "/stats").json()["cancelled"]
-    cut = client.chat.completions.create(model="chat64", messages=[{"role": "user", "content": QUESTIONS[0]}],
-                                         temperature=0, stop=["France"])
-    assert cut.choices[0].message.content == "The capital of " and cut.choices[0].finish_reason == "stop"
+    # The count runs to 40 (~80 tokens): the stop string ends the reply while vLLM still decodes it.
+    cut = client.chat.completions.create(model="chat64", messages=[{"role": "user", "content": COUNT[0]}],
+                                         temperature=0, max_tokens=100, stop=[" 5 "])
+    assert cut.choices[0].message.content == "1 2 3 4" and cut.choices[0].finish_reason == "stop"
     deadline = time.monotonic() + 10  # the ingress cancels the replica's stream; the abort follows at once
     while httpx.get(vllm_app[1] + "/stats").json()["cancelled"] == before and time.monotonic() < deadline:
         time.sleep(0.2)
     stats = httpx.get(vllm_app[1] + "/stats").json()
-    assert stats["cancelled"] == before + 1 and stats["active"] == 0
+    assert stats["cancelled"] == before + 1 and stats["active"] == 0 and stats["engine_requests"] == 0
 
 
 def test_healthz_stats_and_models(client, vllm_app):
@@ -129,7 +130,7 @@ def test_healthz_stats_and_models(client, vllm_app):
     assert httpx.get(url + "/healthz").json()["status"] == "ok"
     stats = httpx.get(url + "/stats").json()
     assert stats["backend"] == "vllm" and stats["slots"] == 8 and stats["context"] == 128
-    assert stats["tokens"] > 0 and stats["requests"] > 0
+    assert stats["tokens"] > 0 and stats["requests"] > 0 and stats["engine_requests"] == 0
     assert [m.id for m in client.models.list().data] == ["chat64"]
 
 
