@@ -161,3 +161,13 @@ def test_heads_too_small_for_vllms_cpu_attention_are_refused_in_one_line(need_vl
     run = serve_command(path)
     assert run.returncode == 2, run.stderr
     assert "this checkpoint's have 16" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_an_unknown_backend_is_refused_by_the_app_builder(tmp_path):
+    from pipelines.errors import ConfigError
+    from pipelines.serve.app import build
+
+    path = str(tmp_path / "ckpt")
+    build_chat64(path, steps=0)
+    with pytest.raises(ConfigError, match="serve.backend=tgi is not one of native, vllm"):
+        build({"checkpoint": path, "serve.backend": "tgi"})
