@@ -1,7 +1,7 @@
 # make demo — set up .venv and run the whole life on the embedded local cluster (python -m pipelines.lifecycle: corpus
 #             -> pre-train -> domain -> instruct -> reward model -> DPO -> GRPO -> evaluate -> report card).
 # make test — set up .venv (and Debian's Chromium for the web page tests) and run the test suite.
-# make test-vllm — set up .venv-vllm (the project with vLLM's CPU build, ~3.5 GB) and run the serve.backend=vllm tests.
+# make test-vllm — set up .venv-vllm (the project with vLLM's CPU build, ~4 GB) and run the serve.backend=vllm tests.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch lies on this machine's disk; on a GPU box use e.g. TORCH_SPEC=torch (CUDA build).
