@@ -6,11 +6,15 @@ alone, Serve's own overhead, and (--kill) a replica killed mid-run.
     python -m benchmarks.serve_load --checkpoint runs/align/demo      # a trained model instead
     python -m benchmarks.serve_load --model decoder_gpt2 --device-gpus 1
     python -m benchmarks.serve_load --kill                            # 2 model replicas, one killed under load
+    python -m benchmarks.serve_load --backends native vllm            # also vLLM's engine (serve.backend=vllm;
+                                                                      # run from a venv with the vllm extra)
 
 Per level of concurrent clients (each sends its requests one after another, streaming, `max_tokens` fixed): time to
 first token p50/p99, inter-token latency p50/p99 (per request: (last - first token time) / (tokens - 1)), aggregate
-generated tokens/s over the level's wall time, and errors. The same levels run with batching on, with batching off
-(one request at a time: the baseline), and through the engine alone (no HTTP, no Serve: what the model can do).
+generated tokens/s and completed requests/s over the level's wall time, request latency p50 (send to last byte),
+and errors. The same levels run with batching on, with batching off
+(one request at a time: the baseline), through the engine alone (no HTTP, no Serve: what the model can do), and
+with `--backends ... vllm` through the same ingress with vLLM's engine in the model replica ("vllm" rows).
 Serve's overhead is the p50 of GET /healthz (no model work) through Serve's proxy next to the same route served by a
 plain uvicorn process. Everything is bounded: `--requests-per-client` each, and `--level-timeout` seconds a level.
 On a 2-core machine the clients, Serve's proxy and the replica share the CPU: compare the engine-alone and HTTP rows
@@ -90,10 +94,11 @@ async def stream_one(client: httpx.AsyncClient, url: str, question: str, max_tok
         error = f"{type(e).__name__}: {e}"[:100]
     if error is not None:
         return {"ok": False, "error": error}
+    latency = time.perf_counter() - start
     if first is None:  # the reply ended at once (<|end|> first): no text, one token
-        return {"ok": True, "ttft": None, "itl": None, "tokens": tokens}
+        return {"ok": True, "ttft": None, "itl": None, "tokens": tokens, "latency": latency}
     itl = (last - first) / (tokens - 1) if tokens > 1 else None
-    return {"ok": True, "ttft": first - start, "itl": itl, "tokens": tokens}
+    return {"ok": True, "ttft": first - start, "itl": itl, "tokens": tokens, "latency": latency}
 
 
 async def level(url: str, clients: int, requests_per_client: int, max_tokens: int, timeout: float) -> dict:
@@ -114,6 +119,7 @@ async def level(url: str, clients: int, requests_per_client: int, max_tokens: in
     ttft = [r["ttft"] * 1000 for r in ok if r["ttft"] is not None]
     itl = [r["itl"] * 1000 for r in ok if r["itl"] is not None]
     return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
+            "req_s": len(ok) / wall, "latency_p50": pct([r["latency"] * 1000 for r in ok], 0.5),
             "ttft_p50": pct(ttft, 0.5), "ttft_p99": pct(ttft, 0.99), "itl_p50": pct(itl, 0.5),
             "itl_p99": pct(itl, 0.99), "tok_s": sum(r["tokens"] for r in ok) / wall,
             "error_kinds": sorted({r["error"] for r in results if not r["ok"]})[:3]}
@@ -255,7 +261,7 @@ def app_config(path: str, port: int, name: str, args, *extra: str):
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'mode':<14}{'clients':>8}{'reqs':>6}{'errors':>7}{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}"
-          f"{'tok/s':>9}{'x 1 client':>11}")
+          f"{'lat p50':>9}{'req/s':>7}{'tok/s':>9}{'x 1 client':>11}")
     base = {}
     for r in rows:
         base.setdefault(r["mode"], r["tok_s"] if r["clients"] == 1 else None)
@@ -264,6 +270,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['mode']:<14}{r['clients']:>8}{r.get('requests', '-'):>6}{r.get('errors', '-'):>7}"
               f"{ms(r.get('ttft_p50', float('nan'))):>10}{ms(r.get('ttft_p99', float('nan'))):>8}"
               f"{ms(r.get('itl_p50', float('nan'))):>9}{ms(r.get('itl_p99', float('nan'))):>8}"
+              f"{ms(r.get('latency_p50', float('nan'))):>9}{r.get('req_s', float('nan')):>7.2f}"
               f"{r['tok_s']:>9.0f}{ratio:>10.1f}x")
         for kind in r.get("error_kinds", []):
             print(f"{'':<14}error: {kind}")
@@ -275,7 +282,9 @@ def main():
     parser.add_argument("--model", default="decoder_small")
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--off-levels", type=int, nargs="+", default=[1, 8, 32], help="levels with batching off")
+    parser.add_argument("--off-levels", type=int, nargs="*", default=[1, 8, 32], help="levels with batching off")
+    parser.add_argument("--backends", nargs="+", choices=["native", "vllm"], default=["native"],
+                        help="model engines to measure (serve.backend); vllm needs the vllm extra installed")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--level-timeout", type=float, default=60)
@@ -302,16 +311,26 @@ def main():
 def load_levels(path: str, args, device: str) -> None:
     rows = []
     torch.set_num_threads(args.threads)
-    for clients in args.levels:
+    native = "native" in args.backends
+    for clients in args.levels if native else []:
         rows.append({"mode": "engine alone", "clients": clients,
                      "tok_s": engine_alone(path, clients, args.max_tokens, device)})
         print(f"  engine alone, {clients} clients: {rows[-1]['tok_s']:.0f} tok/s", flush=True)
     port = free_port()
-    for mode, batching, levels in (("batching on", "true", args.levels), ("batching off", "false", args.off_levels)):
-        cfg = app_config(path, port, "on" if batching == "true" else "off", args, f"serve.engine.batching={batching}")
+    serve_p50 = plain_p50 = float("nan")
+    modes = [("batching on", "on", args.levels, ["serve.engine.batching=true"]),
+             ("batching off", "off", args.off_levels, ["serve.engine.batching=false"])] if native else []
+    if "vllm" in args.backends:
+        modes.append(("vllm", "vllm", args.levels, ["serve.backend=vllm"]))
+    for mode, name, levels, extra in modes:
+        if not levels:
+            continue
+        cfg = app_config(path, port, name, args, *extra)
+        start = time.perf_counter()
         url = deploy(cfg)
+        print(f"  {mode}: app up in {time.perf_counter() - start:.0f} s", flush=True)
         asyncio.run(level(url, 1, 1, 8, args.level_timeout))  # warm-up
-        if batching == "true":
+        if mode == "batching on":
             serve_p50, plain_p50 = serve_overhead(url)
         for clients in levels:
             row = asyncio.run(level(url, clients, args.requests_per_client, args.max_tokens, args.level_timeout))
@@ -322,8 +341,9 @@ def load_levels(path: str, args, device: str) -> None:
     on = {r["clients"]: r["tok_s"] for r in rows if r["mode"] == "batching on"}
     if 1 in on and 32 in on:
         print(f"\nbatching on, 32 clients vs 1: {on[32] / on[1]:.1f}x aggregate tokens/s (target >= 10x)")
-    print(f"Serve overhead: GET /healthz p50 {serve_p50:.2f} ms through Serve's proxy vs {plain_p50:.2f} ms on "
-          f"a plain uvicorn process (target: Serve p50 <= 5 ms)")
+    if serve_p50 == serve_p50:
+        print(f"Serve overhead: GET /healthz p50 {serve_p50:.2f} ms through Serve's proxy vs {plain_p50:.2f} ms on "
+              f"a plain uvicorn process (target: Serve p50 <= 5 ms)")
 
 
 def kill_experiment(path: str, args) -> None:

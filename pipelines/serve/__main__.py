@@ -26,10 +26,12 @@ def serve_until_stopped(cfg: DictConfig) -> None:
     """Deploy the app `cfg` describes, print how to reach it, and serve until SIGINT/SIGTERM; then delete it."""
     from ray import serve
 
-    from pipelines.serve.app import SERVABLE, deploy, undeploy
+    from pipelines.serve.app import SERVABLE, check_backend, deploy, settings_of, undeploy
 
-    # Before Ray starts: a missing path or a reward model is one line here, not replicas that fail and are retried.
-    checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
+    # Before Ray starts: a missing path, a reward model or a backend that cannot run is one line here, not replicas
+    # that fail and are retried.
+    _, spec = checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
+    check_backend(settings_of(cfg), spec)
 
     connect(cfg.cluster)
     url = deploy(cfg)

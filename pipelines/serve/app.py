@@ -130,7 +130,7 @@ class ModelServer:
             request.cancel()  # finished, or cancelled by the ingress (its client left): the slot is freed
 
     def stats(self) -> dict:
-        return self.engine.stats()
+        return {"backend": "native", **self.engine.stats()}
 
     def __del__(self):
         engine = getattr(self, "engine", None)
@@ -155,6 +155,8 @@ class ChatServer:
         gen = settings["generation"]
         self.name = settings.get("model_name") or default_model_name(checkpoint)
         self.context = int(spec["config"]["max_seq_len"])
+        if settings["backend"] == "vllm" and settings["vllm"]["max_model_len"]:  # vLLM's engine holds no more
+            self.context = min(self.context, int(settings["vllm"]["max_model_len"]))
         self.cap = min(gen.get("max_tokens_cap") or self.context - 1, self.context - 1)
         self.defaults = {"temperature": float(gen["temperature"]), "top_p": float(gen["top_p"])}
         self.default_max_tokens = int(gen["max_tokens"])
@@ -369,11 +371,39 @@ def settings_of(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.serve, resolve=True)
 
 
+BACKENDS = ("native", "vllm")
+
+
+def check_backend(settings: dict, spec: dict) -> None:
+    """Before Ray starts: `serve.backend` is known and, for vllm, vLLM is installed and can run the checkpoint whose
+    config.json is `spec` (one line otherwise)."""
+    from pipelines.errors import ConfigError
+
+    if settings["backend"] not in BACKENDS:
+        raise ConfigError(f"serve.backend={settings['backend']} is not one of {', '.join(BACKENDS)}")
+    if settings["backend"] == "vllm":
+        from pipelines.serve.vllm_engine import require_vllm
+
+        require_vllm(spec)
+
+
+def model_deployment(backend: str):
+    """The model replicas' deployment: ours, or vLLM's engine behind the same `generate` stream (imported only
+    here, so that the default backend never imports vllm)."""
+    if backend == "vllm":
+        from pipelines.serve.vllm_engine import VLLMModelServer
+
+        return VLLMModelServer
+    return ModelServer
+
+
 def application(cfg: DictConfig):
     """The bound Serve application for a composed conf/serve.yaml: the ingress bound to the model deployment."""
     from pipelines.errors import ConfigError
 
     settings = settings_of(cfg)
+    if settings["backend"] not in BACKENDS:
+        raise ConfigError(f"serve.backend={settings['backend']} is not one of {', '.join(BACKENDS)}")
     checkpoint = str(cfg.checkpoint)
     model_options = {
         "max_ongoing_requests": settings["max_ongoing_requests"],
@@ -396,7 +426,7 @@ def application(cfg: DictConfig):
     elif settings["host"] not in LOCAL_HOSTS:
         log.warning("serving on %s without an API key: anyone who can reach the port can use the model "
                     "(set serve.api_key_env)", settings["host"])
-    model = ModelServer.options(**model_options).bind(checkpoint, settings)
+    model = model_deployment(settings["backend"]).options(**model_options).bind(checkpoint, settings)
     return ChatServer.options(**ingress_options).bind(model, checkpoint, settings)
 
 
@@ -407,7 +437,8 @@ def build(args: dict):
 
     refuse_proxy_settings(args)
     cfg = config_from_args(args)
-    checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
+    _, spec = checkpoints.check(None if OmegaConf.is_missing(cfg, "checkpoint") else cfg.checkpoint, **SERVABLE)
+    check_backend(settings_of(cfg), spec)
     return application(cfg)
 
 
