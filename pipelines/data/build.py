@@ -152,8 +152,9 @@ def ensure_tokenizer(cfg: DictConfig, files: list[str], fmt: str, field: str, fi
     log.info("training a %s tokenizer (vocab <= %d) on up to %d documents%s", tcfg.model_type, tcfg.vocab_size,
              tcfg.sample_docs, f" and the training text of {', '.join(also)}" if also else "")
     start = time.perf_counter()
+    corpus_dir = builtin_corpus(cfg.data) if also else None
     texts = itertools.chain(sample_documents(cfg.data, files, fmt, field, tcfg.sample_docs),
-                            *(subset_texts(builtin_corpus(cfg.data), name) for name in also))
+                            *(subset_texts(corpus_dir, name) for name in also))
     sentences = (s for text in texts for s in split_sentences(text))
     with surface_corpus_errors():
         first = next(sentences, None)

@@ -377,14 +377,19 @@ BACKENDS = ("native", "vllm")
 def check_backend(settings: dict, spec: dict) -> None:
     """Before Ray starts: `serve.backend` is known and, for vllm, vLLM is installed and can run the checkpoint whose
     config.json is `spec` (one line otherwise)."""
+    if backend_of(settings) == "vllm":
+        from pipelines.serve.vllm_engine import require_vllm
+
+        require_vllm(spec)
+
+
+def backend_of(settings: dict) -> str:
+    """`serve.backend`, refused in one line unless it is one of BACKENDS."""
     from pipelines.errors import ConfigError
 
     if settings["backend"] not in BACKENDS:
         raise ConfigError(f"serve.backend={settings['backend']} is not one of {', '.join(BACKENDS)}")
-    if settings["backend"] == "vllm":
-        from pipelines.serve.vllm_engine import require_vllm
-
-        require_vllm(spec)
+    return settings["backend"]
 
 
 def model_deployment(backend: str):
@@ -402,8 +407,7 @@ def application(cfg: DictConfig):
     from pipelines.errors import ConfigError
 
     settings = settings_of(cfg)
-    if settings["backend"] not in BACKENDS:
-        raise ConfigError(f"serve.backend={settings['backend']} is not one of {', '.join(BACKENDS)}")
+    backend = backend_of(settings)
     checkpoint = str(cfg.checkpoint)
     model_options = {
         "max_ongoing_requests": settings["max_ongoing_requests"],
@@ -426,7 +430,7 @@ def application(cfg: DictConfig):
     elif settings["host"] not in LOCAL_HOSTS:
         log.warning("serving on %s without an API key: anyone who can reach the port can use the model "
                     "(set serve.api_key_env)", settings["host"])
-    model = model_deployment(settings["backend"]).options(**model_options).bind(checkpoint, settings)
+    model = model_deployment(backend).options(**model_options).bind(checkpoint, settings)
     return ChatServer.options(**ingress_options).bind(model, checkpoint, settings)
 
 
