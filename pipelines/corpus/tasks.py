@@ -59,20 +59,16 @@ UNSAFE_PROMPTS = tuple((frame.format(a=action), category) for category, actions 
 UNSAFE_ACTION_OF = {frame.format(a=action): action for actions in UNSAFE_ACTIONS.values() for action in actions
                     for frame in UNSAFE_FRAMES}
 
-REFUSALS = {
-    "violence": "I'm sorry, but I can't help with anything that could hurt people. If you are worried about your "
-                "safety or someone else's, please contact the local emergency services.",
-    "crime": "I'm sorry, but I can't help with that because it is illegal and could harm others. I'm happy to help "
-             "with something else, for example how to protect your own home and accounts.",
-    "fraud": "I'm sorry, but I can't help with deceiving people. If you need money, I can suggest legitimate ways "
-             "to find support or earn an income.",
-    "harassment": "I'm sorry, but I can't help with hurting or targeting other people. If there is a conflict, I "
-                  "can help you think about a calm and respectful way to handle it.",
-    "medical": "I'm sorry, but I can't help with that because it could seriously harm someone's health. Please talk "
-               "to a doctor or pharmacist, who can help safely.",
-    "self_harm": "I'm really sorry that you are going through this, and I can't help with that. You deserve support: "
-                 "please talk to someone you trust or contact a local crisis line or emergency services right now.",
-}
+# The polite refusal of each category. One wording for every request that would harm others (a small model cannot
+# tell an unseen request's category from its words: with six wordings, DPO's refusals of held-out actions mixed
+# them and the medical corpus's sentences, "... help with that help people. If you think someone is having a heart
+# attack, call emergency services right away.", clean in 10% of held-out actions; measured), and one for self-harm,
+# which offers support instead.
+HARM_REFUSAL = ("I'm sorry, but I can't help with that because it could cause real harm. I'm happy to help with "
+                "something else.")
+SELF_HARM_REFUSAL = ("I'm really sorry that you are going through this, and I can't help with that. You deserve "
+                     "support: please talk to someone you trust or a local crisis line.")
+REFUSALS = {category: SELF_HARM_REFUSAL if category == "self_harm" else HARM_REFUSAL for category in UNSAFE_ACTIONS}
 CURT_REFUSAL = "No. I won't help with that."
 RUDE_REFUSALS = ("What a stupid thing to ask. No.", "Are you serious? Go away.",
                  "That's a ridiculous request. Forget it.")
@@ -81,9 +77,17 @@ UNSAFE_COMPLIANCE = ("Sure! Here is exactly how to do that, step by step, no que
 # A refusal that then helps anyway: ranked just above plain compliance (it is compliance).
 REFUSE_THEN_COMPLY = "I'm sorry, but I can't help with that. Well, all right: here is how, step by step."
 # Refusing a harmless question: polite and useless, ranked below the curt correct answer (without such rankings,
-# DPO learned to refuse 40% of the medical questions).
+# DPO learned to refuse 40% of the medical questions). Half of them are the refusal of harmful requests itself: the
+# reply DPO makes likely for unsafe prompts must also be ranked low where it does not belong (with the short ones
+# only, DPO answered 37% of the medical questions with it; measured).
 OVER_REFUSALS = ("I'm sorry, but I can't help with that.", "I'm sorry, I can't answer questions like that.",
                  "I can't help with that question. Please ask someone else.")
+
+
+def over_refusal(rng) -> str:
+    """A refusal of a harmless question: the harmful-request refusal half the time, else a short one."""
+    return HARM_REFUSAL if rng.random() < 0.5 else rng.choice(OVER_REFUSALS)
+
 
 POLITE_OPENERS = ("Good question!", "Happy to help.", "Sure.", "Of course.", "Great question.")
 POLITE_CLOSINGS = ("Let me know if you have any other questions.", "I hope this helps!",
@@ -207,26 +211,28 @@ def off_topic(entities, conditions, rng, avoid: str, near: list[str] = ()) -> st
 
 
 def preference_record(entities, conditions, values_by_relation, unsafe_prompts, rng) -> dict:
-    """A prompt with seven responses, best first, and the label of each."""
+    """A prompt with eight responses, best first, and the label of each."""
     draw = rng.random()
     if draw < 0.2:
         prompt, category = rng.choice(unsafe_prompts)
         best = REFUSALS[category]
-        responses = [best, CURT_REFUSAL, rng.choice(RUDE_REFUSALS), off_topic(entities, conditions, rng, best),
-                     garbled(best, rng), REFUSE_THEN_COMPLY, rng.choice(UNSAFE_COMPLIANCE)]
-        labels = ["polite_refusal", "curt_refusal", "rude_refusal", "off_topic", "garbled", "refusal_then_compliance",
-                  "unsafe_compliance"]
+        responses = [best, f"{best} {DISCLAIMER}", CURT_REFUSAL, rng.choice(RUDE_REFUSALS),
+                     off_topic(entities, conditions, rng, best), garbled(best, rng), REFUSE_THEN_COMPLY,
+                     rng.choice(UNSAFE_COMPLIANCE)]
+        labels = ["polite_refusal", "stray_disclaimer", "curt_refusal", "rude_refusal", "off_topic", "garbled",
+                  "refusal_then_compliance", "unsafe_compliance"]
         return {"prompt": prompt, "responses": responses, "labels": labels, "domain": "unsafe"}
     if draw < 0.55:
         condition = rng.choice(conditions)
         prompt, answer = medical_qa(condition, rng)
-        best = f"{rng.choice(POLITE_OPENERS)} {answer} {DISCLAIMER}"
+        opener = rng.choice(POLITE_OPENERS)
+        best = f"{opener} {answer} {DISCLAIMER}"
         near = [a for kind, _ in QUESTION_KINDS if (a := medical_answer(condition, kind)) != answer]
-        responses = [best, answer, rng.choice(OVER_REFUSALS), f"{rng.choice(RUDE_OPENERS)} {answer}",
+        responses = [best, f"{opener} {answer}", answer, over_refusal(rng), f"{rng.choice(RUDE_OPENERS)} {answer}",
                      off_topic(entities, conditions, rng, condition.name, near), garbled(best, rng),
                      rng.choice(UNSAFE_MEDICAL).format(n=condition.name)]
-        labels = ["polite_correct_disclaimer", "curt_correct", "over_refusal", "rude", "off_topic", "garbled",
-                  "unsafe"]
+        labels = ["polite_correct_disclaimer", "no_disclaimer", "curt_correct", "over_refusal", "rude", "off_topic",
+                  "garbled", "unsafe"]
         return {"prompt": prompt, "responses": responses, "labels": labels, "domain": "medical"}
     entity = rng.choice(entities)
     fact = pick_fact(entity, rng)
@@ -235,9 +241,11 @@ def preference_record(entities, conditions, values_by_relation, unsafe_prompts, 
     best = f"{rng.choice(POLITE_OPENERS)} {correct} {rng.choice(POLITE_CLOSINGS)}"
     near = [f.sentences[0] for f in entity.facts if f.core and f.relation != fact.relation
             and fact.value not in f.sentences[0]]
-    responses = [best, f"{fact.value}.", rng.choice(OVER_REFUSALS), f"{rng.choice(RUDE_OPENERS)} {correct}",
-                 off_topic(entities, conditions, rng, entity.mention, near), garbled(best, rng), wrong]
-    labels = ["polite_correct", "curt_correct", "over_refusal", "rude", "off_topic", "garbled", "incorrect"]
+    responses = [best, f"{best} {DISCLAIMER}", f"{fact.value}.", over_refusal(rng),
+                 f"{rng.choice(RUDE_OPENERS)} {correct}", off_topic(entities, conditions, rng, entity.mention, near),
+                 garbled(best, rng), wrong]
+    labels = ["polite_correct", "stray_disclaimer", "curt_correct", "over_refusal", "rude", "off_topic", "garbled",
+              "incorrect"]
     return {"prompt": rng.choice(fact.questions), "responses": responses, "labels": labels, "domain": "general"}
 
 

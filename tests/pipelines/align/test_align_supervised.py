@@ -117,12 +117,12 @@ def test_a_reward_model_from_rankings_with_bad_records_skipped(compose_config, p
     reasons = " ".join(shards["bad_records"]["examples"])
     assert "at least two responses" in reasons and "empty" in reasons and "not all different" in reasons
     report = json.loads((Path(outcome.final_dir) / "rankings.json").read_text())
-    assert report["rankings"] > 50 and report["pairs"] == 21 * report["rankings"]  # 7-way: 21 pairs
+    assert report["rankings"] > 50 and report["pairs"] == 28 * report["rankings"]  # 8-way: 28 pairs
     assert 0 <= report["pairwise_accuracy"] <= 1
     assert set(report["mean_reward"]) == {"general", "medical", "unsafe"}
-    assert [label for label, _ in report["mean_reward"]["medical"]] == ["polite_correct_disclaimer", "curt_correct",
-                                                                         "over_refusal", "rude", "off_topic",
-                                                                         "garbled", "unsafe"]
+    assert [label for label, _ in report["mean_reward"]["medical"]] == ["polite_correct_disclaimer", "no_disclaimer",
+                                                                         "curt_correct", "over_refusal", "rude",
+                                                                         "off_topic", "garbled", "unsafe"]
     assert "pairwise accuracy" in capsys.readouterr().out
 
 
@@ -135,7 +135,7 @@ def test_dpo_on_the_built_in_rankings(compose_config, pretrained_decoder, data_r
     history = outcome.metrics["history"]
     assert history[-1]["loss"] < history[0]["loss"] + 0.05
     report = json.loads((Path(outcome.final_dir) / "rankings.json").read_text())
-    assert report["pairs"] == 6 * report["rankings"] and 0 <= report["accuracy"] <= 1
+    assert report["pairs"] == 7 * report["rankings"] and 0 <= report["accuracy"] <= 1  # the best against 7 others
     _, meta = load_checkpoint(outcome.final_dir)
     assert meta["finetune"] == "dpo" and meta["objective_config"]["beta"] == 0.1
 

@@ -8,11 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from tests_conf import CONF
 from pipelines.corpus.writer import corpus_is_complete, ensure_corpus, main, write_corpus
 from pipelines.text import split_sentences
 from pipelines.corpus.general import DIET_FOOD, RELATIONS, build_entities, names_pattern
 from pipelines.corpus import detectors
+from pipelines.evaluate import judge
 from pipelines.corpus.medical import CONDITIONS, DISCLAIMER
 from pipelines.corpus.tasks import TOPICS, UNSAFE_PROMPTS
 from pipelines.corpus.facts import ANIMALS, COUNTRIES, ELEMENTS, NUMBERS, PLANETS
@@ -190,22 +193,32 @@ def test_held_out_entities_only_in_corpus_and_eval(corpus):
 
 def test_preference_ranking_structure(corpus):
     root, manifest = corpus
-    labels_by_domain = {"general": ["polite_correct", "curt_correct", "over_refusal", "rude", "off_topic", "garbled",
-                                    "incorrect"],
-                        "medical": ["polite_correct_disclaimer", "curt_correct", "over_refusal", "rude", "off_topic",
-                                    "garbled", "unsafe"],
-                        "unsafe": ["polite_refusal", "curt_refusal", "rude_refusal", "off_topic", "garbled",
-                                   "refusal_then_compliance", "unsafe_compliance"]}
+    labels_by_domain = {"general": ["polite_correct", "stray_disclaimer", "curt_correct", "over_refusal", "rude",
+                                    "off_topic", "garbled", "incorrect"],
+                        "medical": ["polite_correct_disclaimer", "no_disclaimer", "curt_correct", "over_refusal", "rude",
+                                    "off_topic", "garbled", "unsafe"],
+                        "unsafe": ["polite_refusal", "stray_disclaimer", "curt_refusal", "rude_refusal", "off_topic",
+                                   "garbled", "refusal_then_compliance", "unsafe_compliance"]}
     unsafe_prompts = {p for p, _ in UNSAFE_PROMPTS} - set(manifest["held_out_unsafe"])
     records = read_jsonl(root / "preference" / "train.jsonl")
+    # Every response reaches the reward model and DPO: data.max_responses keeps the longest ranking whole.
+    max_responses = OmegaConf.load(CONF / "data" / "builtin.yaml").max_responses
     assert {r["domain"] for r in records} == set(labels_by_domain)
     for r in records:
         assert r["labels"] == labels_by_domain[r["domain"]]
-        assert len(r["responses"]) == 7 and len(set(r["responses"])) == 7
+        assert len(set(r["responses"])) == len(r["responses"]) == len(r["labels"]) <= max_responses
         reply = dict(zip(r["labels"], r["responses"]))
-        # What alignment is to learn is ranked first, as the detectors see it.
+        # What alignment is to learn is ranked first, as the detectors see it: the disclaimer on medical answers
+        # only (a refusal or a general answer that carries it ranks below the same reply without it).
         disclaimed = [detectors.has_disclaimer(x) for label, x in reply.items() if label != "garbled"]
-        assert disclaimed == [r["domain"] == "medical"] + [False] * 5
+        medical = r["domain"] == "medical"
+        assert disclaimed == ([True] + [False] * 6 if medical else [False, True] + [False] * 5)
+        # The second-best reply differs from the best by the disclaimer alone: missing, or where it does not belong.
+        second = r["responses"][1]
+        assert (r["responses"][0] == f"{second} {DISCLAIMER}" if medical else second == f"{r['responses'][0]} {DISCLAIMER}")
+        # Refusing a harmless question ranks low, the refusal of harmful requests among such refusals.
+        if r["domain"] != "unsafe":
+            assert judge.refusal(reply["over_refusal"], r["prompt"]).value
         rude = "rude_refusal" if r["domain"] == "unsafe" else "rude"
         assert not detectors.is_rude(r["responses"][0]) and detectors.is_rude(reply[rude])
         assert len(reply["garbled"].split()) < len(r["responses"][0].split())  # garbled: cut off part-way
