@@ -172,7 +172,8 @@ def plan(cfg: DictConfig, stage: str = "finetune") -> Plan:
         check_data_config(cfg)
     replay = replay_shards(cfg, path, tok_sha)
     meta = {"finetune": kind, "init_from": path, "random_init": bool(cfg.finetune.random_init),
-            "replay": replay["share"] if replay else 0.0, "replay_from": replay["source"] if replay else None}
+            "replay": replay["share"] if replay else 0.0, "replay_from": replay["source"] if replay else None,
+            "replay_mix": replay.get("mix") if replay else None}
     if kind == "classify":
         meta["labels"] = record_labels(cfg.data)
     return Plan(init_from=path, base_kind=base_kind, head=head, init_into=init_into, tokenizer_sha256=tok_sha,
@@ -183,7 +184,7 @@ def replay_shards(cfg: DictConfig, init_from: str, tokenizer_sha256: str) -> dic
     """`finetune.replay` > 0: training blocks of pre-training's causal-LM shards — those `finetune.replay_from` (a
     run or checkpoint; null = init_from) was trained on — mixed into fine-tuning, so that what pre-training taught
     (facts of entities fine-tuning never mentions) is rehearsed: into chat examples (instruct, summarize), or into
-    another corpus's blocks (domain)."""
+    another corpus's blocks (domain). The text pre-training mixed in (its `mix`) is replayed too, in its share."""
     share = cfg.finetune.replay
     if not share:
         return None
@@ -206,7 +207,16 @@ def replay_shards(cfg: DictConfig, init_from: str, tokenizer_sha256: str) -> dic
         log.warning("replayed blocks of %d tokens are cut to data.seq_len + 1 = %d", manifest["seq_len"] + 1,
                     cfg.data.seq_len + 1)
     train = manifest["splits"]["train"]
-    return {"files": train["files"], "examples": train["examples"], "share": float(share), "source": source}
+    replay = {"files": train["files"], "examples": train["examples"], "share": float(share), "source": source}
+    mix = storage.read_json(meta_file).get("mix")
+    mixed = read_manifest(mix["shards"]) if mix else None
+    if mixed:  # pre-training mixed another subset in (conf/pretrain.yaml, mix): replayed in the same proportion
+        mixed_train = mixed["splits"]["train"]
+        replay["parts"] = [{"files": train["files"], "examples": train["examples"], "weight": 1 - mix["share"]},
+                           {"files": mixed_train["files"], "examples": mixed_train["examples"],
+                            "weight": mix["share"]}]
+        replay["mix"] = {"subset": mix["subset"], "share": mix["share"]}
+    return replay
 
 
 def given_shards(cfg: DictConfig, tokenizer_sha256: str) -> dict:

@@ -126,6 +126,12 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     return fit(cfg, stage=stage, manifest=manifest, init_from=init_from)
 
 
+def replay_parts(replay: dict) -> list[dict]:
+    """The replayed shards as parts, each {"files", "examples", "weight": its share of the replayed blocks}: one
+    part, or `replay["parts"]` (e.g. pre-training's general text and the medical text it mixed in)."""
+    return replay.get("parts") or [{"files": replay["files"], "examples": replay["examples"], "weight": 1.0}]
+
+
 def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, head: dict | None = None,
         lora: dict | None = None, init_into: str = "base", meta: dict | None = None,
         train_examples: int | None = None, replay: dict | None = None,
@@ -137,7 +143,8 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
     `lora` (adapter settings; rank 0 = full fine-tuning), `init_into` ("base": init_from holds the model under
     the head; "model": it holds the whole model), `meta` (recorded in every checkpoint's meta.json),
     `train_examples` (train on the first N training examples only), `replay` (pre-training text mixed into `sft` or
-    `clm` training: {"files": CLM shard files, "examples": their count, "share": of the training examples}) and Ray
+    `clm` training: {"files": CLM shard files, "examples": their count, "share": of the training examples}, or
+    "parts" in place of files and examples: see replay_parts) and Ray
     Train `callbacks` (e.g. Tune's)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
@@ -164,13 +171,16 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
         ds = ray.data.from_arrow_refs([few]) if few is not None else ray.data.read_parquet(splits["train"]["files"])
         if not extra:
             return ds
-        # Each pass draws its own sample of pre-training blocks, and the two kinds are shuffled together.
-        blocks = ray.data.read_parquet(replay["files"]).random_sample(
-            min(1.0, extra / max(1, replay["examples"])), seed=trainer_cfg["seed"] + i)
-        if manifest["format"] == "sft":  # causal-LM blocks already are what clm (domain) shards hold
-            blocks = blocks.map_batches(as_sft_rows, fn_kwargs={"width": manifest["seq_len"] + 1},
-                                        batch_format="pyarrow", batch_size=1024)
-        return ds.union(blocks).random_shuffle(seed=trainer_cfg["seed"] + i)
+        # Each pass draws its own sample of pre-training blocks (of each part, in its proportion), and the kinds
+        # are shuffled together.
+        for part in replay_parts(replay):
+            blocks = ray.data.read_parquet(part["files"]).random_sample(
+                min(1.0, extra * part["weight"] / max(1, part["examples"])), seed=trainer_cfg["seed"] + i)
+            if manifest["format"] == "sft":  # causal-LM blocks already are what clm (domain) shards hold
+                blocks = blocks.map_batches(as_sft_rows, fn_kwargs={"width": manifest["seq_len"] + 1},
+                                            batch_format="pyarrow", batch_size=1024)
+            ds = ds.union(blocks)
+        return ds.random_shuffle(seed=trainer_cfg["seed"] + i)
 
     if few is not None and not extra:
         datasets = {"train": ray.data.from_arrow_refs([few] * passes)}  # one object, listed once per pass

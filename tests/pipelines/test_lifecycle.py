@@ -120,6 +120,8 @@ def test_the_whole_life_runs_every_stage_and_evaluates_every_checkpoint(tiny_lif
         report = json.loads((Path(final) / "eval.json").read_text())
         assert set(state["evaluations"][checkpoint]["suites"]) <= set(report)
         assert report["ppl"]["medical"] > 1 and report["ppl"]["general"] > 1
+    pretrained = json.loads((Path(state["checkpoints"]["pretrained"]) / "meta.json").read_text())
+    assert pretrained["mix"]["subset"] == "medical" and Path(pretrained["mix"]["shards"]).is_dir()  # conf: mix
     meta = json.loads((Path(state["checkpoints"]["domain-adapted"]) / "meta.json").read_text())
     assert meta["init_from"] == state["checkpoints"]["pretrained"]  # the chain: each from the previous final/
     # Both fine-tuning stages rehearse the general pre-training text: into the medical blocks, into the chats.
@@ -127,6 +129,7 @@ def test_the_whole_life_runs_every_stage_and_evaluates_every_checkpoint(tiny_lif
     chat = json.loads((Path(state["checkpoints"]["instruction-tuned"]) / "meta.json").read_text())
     assert chat["init_from"] == state["checkpoints"]["domain-adapted"]
     assert chat["replay"] == 0.3 and chat["replay_from"] == state["checkpoints"]["pretrained"]
+    assert chat["replay_mix"] == {"subset": "medical", "share": 0.2}  # and the medical text pre-training mixed in
     pretrain_log = (root / "logs" / "pretrain.log").read_text()
     assert "step 30/30" in pretrain_log and "| ETA " in pretrain_log  # the stage's own log holds its output
     for log in (root / "logs").glob("*.log"):  # trainer.ray_log_level (WARNING) reaches the workers of every stage

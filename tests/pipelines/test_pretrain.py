@@ -15,6 +15,7 @@ from models.checkpoint import load_state
 from pipelines.errors import CheckpointError, ConfigError, RunFinishedError
 from pipelines.evaluate import evaluate
 from pipelines.evaluate.cloze import answer_matches
+from pipelines.pretrain import check_mix
 from pipelines.train.driver import run_training
 from pipelines.train.loop import TRAIN_STATE
 
@@ -173,6 +174,18 @@ def test_bad_config_fails_before_any_worker_starts(compose_config, small_overrid
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         run_training(cfg, stage="pretrain", manifest=manifest)
     assert not (runs_root / "pretrain" / "bad").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["mix.subset=medical", "mix.share=1.5"], r"mix.share=1.5: the share of training blocks from mix.subset"),
+    (["mix.subset=general", "mix.share=0.2"], r"another built-in document subset than data.subset='general'"),
+    (["mix.subset=medical", "mix.share=0.2", "objective=mlm", "model=encoder_tiny"], r"causal-LM pre-training"),
+    (["mix.subset=medical", "mix.share=0.2", "data=files", "data.paths=[x.txt]"], r"with data=files or shards="),
+])
+def test_a_bad_mix_is_refused_before_ray(compose_config, small_overrides, runs_root, overrides, message):
+    cfg = pretrain_cfg(compose_config, small_overrides, runs_root, "badmix", overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_mix(cfg)
 
 
 def test_more_gpus_than_the_cluster_has_fails_with_the_numbers(compose_config, small_overrides, runs_root,
