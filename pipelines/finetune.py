@@ -33,7 +33,7 @@ from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
 from pipelines.errors import CheckpointError, ConfigError, MissingPathError
 from pipelines.train.driver import (TrainOutcome, check_config, check_worker_resources, fit, preflight,
-                                    print_summary, run_directory)
+                                    print_summary, replay_part, run_directory)
 
 log = logging.getLogger(__spec__.name)  # not "__main__" under `python -m`
 # The model kind each kind of fine-tuning starts from.
@@ -195,7 +195,8 @@ def replay_shards(cfg: DictConfig, init_from: str, tokenizer_sha256: str) -> dic
     given = cfg.finetune.get("replay_from")
     source = checkpoints.resolve(given, "finetune.replay_from") if given else init_from
     meta_file = storage.join(source, "meta.json")
-    where = storage.read_json(meta_file).get("shards") if storage.exists(meta_file) else None
+    source_meta = storage.read_json(meta_file) if storage.exists(meta_file) else {}
+    where = source_meta.get("shards")
     manifest = read_manifest(where) if where else None
     if not manifest or manifest["format"] != "clm" or manifest["tokenizer"]["sha256"] != tokenizer_sha256:
         raise ConfigError(f"finetune.replay needs the causal-LM shards {source} was pre-trained on, with its "
@@ -206,15 +207,11 @@ def replay_shards(cfg: DictConfig, init_from: str, tokenizer_sha256: str) -> dic
     if manifest["seq_len"] + 1 > cfg.data.seq_len + 1:
         log.warning("replayed blocks of %d tokens are cut to data.seq_len + 1 = %d", manifest["seq_len"] + 1,
                     cfg.data.seq_len + 1)
-    train = manifest["splits"]["train"]
-    replay = {"files": train["files"], "examples": train["examples"], "share": float(share), "source": source}
-    mix = storage.read_json(meta_file).get("mix")
+    replay = {"share": float(share), "source": source, "parts": [replay_part(manifest)]}
+    mix = source_meta.get("mix")
     mixed = read_manifest(mix["shards"]) if mix else None
     if mixed:  # pre-training mixed another subset in (conf/pretrain.yaml, mix): replayed in the same proportion
-        mixed_train = mixed["splits"]["train"]
-        replay["parts"] = [{"files": train["files"], "examples": train["examples"], "weight": 1 - mix["share"]},
-                           {"files": mixed_train["files"], "examples": mixed_train["examples"],
-                            "weight": mix["share"]}]
+        replay["parts"] = [replay_part(manifest, 1 - mix["share"]), replay_part(mixed, mix["share"])]
         replay["mix"] = {"subset": mix["subset"], "share": mix["share"]}
     return replay
 

@@ -17,7 +17,8 @@ from pipelines.data.build import SUBSETS, check_data_config, prepare_shards
 from pipelines.data.shards import read_manifest
 from pipelines.entry import stage_main
 from pipelines.errors import ConfigError, MissingPathError
-from pipelines.train.driver import TrainOutcome, check_config, check_worker_resources, fit, preflight, print_summary
+from pipelines.train.driver import (TrainOutcome, check_config, check_worker_resources, fit, preflight, print_summary,
+                                    replay_part)
 
 
 def given_shards(cfg: DictConfig) -> dict | None:
@@ -55,8 +56,7 @@ def mix_shards(cfg: DictConfig, mix: dict, manifest: dict) -> dict:
         mix_cfg.data.subset = mix["subset"]
         mix_cfg.tokenizer.path = manifest["tokenizer"]["trained_at"]
     mixed = prepare_shards(mix_cfg)
-    train = mixed["splits"]["train"]
-    return {"files": train["files"], "examples": train["examples"], "share": mix["share"], "source": mixed["dir"]}
+    return {"share": mix["share"], "source": mixed["dir"], "parts": [replay_part(mixed)]}
 
 
 def pretrain(cfg: DictConfig) -> TrainOutcome:

@@ -126,10 +126,11 @@ def run_training(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str 
     return fit(cfg, stage=stage, manifest=manifest, init_from=init_from)
 
 
-def replay_parts(replay: dict) -> list[dict]:
-    """The replayed shards as parts, each {"files", "examples", "weight": its share of the replayed blocks}: one
-    part, or `replay["parts"]` (e.g. pre-training's general text and the medical text it mixed in)."""
-    return replay.get("parts") or [{"files": replay["files"], "examples": replay["examples"], "weight": 1.0}]
+def replay_part(manifest: dict, weight: float = 1.0) -> dict:
+    """One part of `fit`'s replay: the training split of `manifest`'s causal-LM shards and its share (`weight`) of
+    the replayed blocks."""
+    train = manifest["splits"]["train"]
+    return {"files": train["files"], "examples": train["examples"], "weight": weight}
 
 
 def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, head: dict | None = None,
@@ -143,8 +144,8 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
     `lora` (adapter settings; rank 0 = full fine-tuning), `init_into` ("base": init_from holds the model under
     the head; "model": it holds the whole model), `meta` (recorded in every checkpoint's meta.json),
     `train_examples` (train on the first N training examples only), `replay` (pre-training text mixed into `sft` or
-    `clm` training: {"files": CLM shard files, "examples": their count, "share": of the training examples}, or
-    "parts" in place of files and examples: see replay_parts) and Ray
+    `clm` training: {"share": of the training examples, "parts": [replay_part(...), ...]}, e.g. pre-training's
+    general text and the medical text it mixed in) and Ray
     Train `callbacks` (e.g. Tune's)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
@@ -173,7 +174,7 @@ def fit(cfg: DictConfig, *, stage: str, manifest: dict, init_from: str | None, h
             return ds
         # Each pass draws its own sample of pre-training blocks (of each part, in its proportion), and the kinds
         # are shuffled together.
-        for part in replay_parts(replay):
+        for part in replay["parts"]:
             blocks = ray.data.read_parquet(part["files"]).random_sample(
                 min(1.0, extra * part["weight"] / max(1, part["examples"])), seed=trainer_cfg["seed"] + i)
             if manifest["format"] == "sft":  # causal-LM blocks already are what clm (domain) shards hold
