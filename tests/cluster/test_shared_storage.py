@@ -74,11 +74,16 @@ def stop_groups(procs: list[subprocess.Popen]) -> None:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
 
 
-def wait_until(ready, what: str, procs: list[subprocess.Popen], timeout: float = 120) -> None:
+def wait_until(ready, what: str, procs: list[subprocess.Popen], timeout: float = 120, logs=()) -> None:
+    """Poll `ready` until it holds; a process that exits or the timeout is a RuntimeError that quotes the end of
+    each log in `logs` (what `ray start` said)."""
     deadline = time.time() + timeout
     while not ready():
-        if any(p.poll() is not None for p in procs) or time.time() > deadline:
-            raise RuntimeError(f"{what} did not come up")
+        exited = [p.args[:3] for p in procs if p.poll() is not None]
+        if exited or time.time() > deadline:
+            said = "".join(f"\n--- {log}:\n{log.read_text()[-3000:]}" for log in logs if log.exists())
+            why = f"exited: {exited}" if exited else f"not within {timeout:.0f} s"
+            raise RuntimeError(f"{what} did not come up ({why}){said}")
         time.sleep(0.5)
 
 
@@ -146,12 +151,18 @@ def two_nodes():
                  "--disable-usage-stats", *own_ports(), *args],
                 env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT))
 
+    def started(temp_dir: Path) -> bool:
+        return "Ray runtime started" in (temp_dir / "start.log").read_text()
+
     try:
         start(temp_dirs[0], "--head", f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
               f"--ray-client-server-port={free_port()}", f"--num-cpus={HEAD_CPUS}")
+        # The second node only once the head is up: a node that cannot reach the GCS in its first seconds gives up
+        # ("timed out during startup"), which a loaded machine made happen in CI.
+        wait_until(lambda: started(temp_dirs[0]), "the Ray head", nodes, logs=[temp_dirs[0] / "start.log"])
         start(temp_dirs[1], f"--address={address}", f"--num-cpus={NODE_CPUS}")
-        wait_until(lambda: all("Ray runtime started" in (d / "start.log").read_text() for d in temp_dirs),
-                   "the 2-node Ray cluster", nodes)
+        wait_until(lambda: started(temp_dirs[1]), "the second Ray node", nodes,
+                   logs=[d / "start.log" for d in temp_dirs])
         yield address, env
     finally:
         stop_groups(nodes)
