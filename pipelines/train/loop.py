@@ -5,7 +5,10 @@ Each worker builds the model and its objective, streams its share of the trainin
 `grad_accum` micro-batches: AdamW (no decay on norms, biases, embeddings), linear warmup then cosine decay, gradient
 clipping, bf16 autocast and fused AdamW on GPU, optional torch.compile, DDP (default) or FSDP2 (`fully_shard`).
 A step's loss is the mean over all of its loss units (e.g. the assistant tokens of every micro-batch on every
-worker, `accumulate`), so how the step is cut into micro-batches and workers leaves its gradient unchanged.
+worker, `accumulate`), so how the step is cut into micro-batches and workers leaves its gradient unchanged. That is
+what makes length grouping free (`trainer.length_groups`): the padded objectives (chat, classification) cut each
+micro-batch into up to that many pieces of similar lengths, each trimmed to its own longest example, and compute on
+less padding for the same gradient.
 
 Every `log_every` steps all ranks `ray.train.report` metrics (loss, lr, grad-norm, tokens/s, MFU, step time and the
 share spent waiting for data); rank 0 prints a progress line and logs to wandb when chosen. Every `eval_every` steps
@@ -242,6 +245,41 @@ def loss_weights(counts: torch.Tensor, world: int) -> torch.Tensor:
     return (counts * world / total.clamp_min(1)).float()
 
 
+def length_cuts(lengths: list[int], groups: int) -> list[int]:
+    """Sorted example lengths -> the ends of at most `groups` consecutive runs that cover them with the fewest padded
+    positions (a run costs its size x its longest length): dynamic programming over the cut points."""
+    n = len(lengths)
+    groups = max(1, min(groups, n))
+    best = [[math.inf] * (n + 1) for _ in range(groups + 1)]  # best[g][i]: the first i examples in g runs
+    cut = [[0] * (n + 1) for _ in range(groups + 1)]
+    best[0][0] = 0
+    for g in range(1, groups + 1):
+        for i in range(1, n + 1):
+            for j in range(g - 1, i):
+                cost = best[g - 1][j] + (i - j) * lengths[i - 1]
+                if cost < best[g][i]:
+                    best[g][i], cut[g][i] = cost, j
+    g = min(range(1, groups + 1), key=lambda k: (best[k][n], k))  # the fewest runs that reach the least padding
+    ends, i = [], n
+    while i > 0:
+        ends.append(i)
+        i, g = cut[g][i], g - 1
+    return ends[::-1]
+
+
+def group_by_length(batch: dict, lengths: torch.Tensor, groups: int) -> list[dict]:
+    """A micro-batch of right-padded examples -> up to `groups` smaller ones of similar lengths (each then trimmed
+    to its own longest example by the objective). The loss weights count the loss units of every piece
+    (`accumulate`), so the step's gradient is the same; only the padding computed on goes."""
+    if groups <= 1 or len(lengths) <= 1:
+        return [batch]
+    order = torch.argsort(lengths, stable=True)
+    ends = length_cuts(lengths[order].tolist(), groups)
+    starts = [0, *ends[:-1]]
+    return [{name: column[order[a:b].to(column.device)] for name, column in batch.items()}
+            for a, b in zip(starts, ends)]
+
+
 def accumulate(module: torch.nn.Module, objective: torch.nn.Module, batches: list[dict], *, world: int, generator,
                autocast) -> torch.Tensor:
     """The forward and backward passes of one optimizer step over this worker's micro-batches (DDP synchronises
@@ -351,6 +389,9 @@ class Loop:
                 batches.append(next(stream))
                 window["wait"] += time.perf_counter() - waited
                 window["tokens"] += self.objective.tokens(batches[-1])
+            if t["length_groups"] > 1 and hasattr(self.objective, "lengths"):
+                batches = [piece for batch in batches
+                           for piece in group_by_length(batch, self.objective.lengths(batch), t["length_groups"])]
             loss_share = accumulate(self.module, self.objective, batches, world=self.world, generator=self.generator,
                                     autocast=self.autocast)
             gnorm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), t["grad_clip"])

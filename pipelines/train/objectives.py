@@ -135,6 +135,10 @@ class SupervisedChat(CausalLM):
     def tokens(self, batch) -> int:
         return int((batch["input_ids"] != self.pad_id).sum())
 
+    def lengths(self, batch) -> torch.Tensor:
+        """(B,) the examples' lengths without their right padding (what `trainer.length_groups` groups by)."""
+        return (batch["input_ids"] != self.pad_id).sum(dim=1)
+
     def loss_units(self, batch) -> torch.Tensor:
         """The assistant tokens the loss is over: the targets where `loss_mask` is set."""
         return _units(batch["loss_mask"][:, 1:].sum(), batch["loss_mask"])
@@ -165,6 +169,9 @@ class Classification(nn.Module):
 
     def tokens(self, batch) -> int:
         return int((batch["input_ids"] != self.pad_id).sum())
+
+    def lengths(self, batch) -> torch.Tensor:
+        return (batch["input_ids"] != self.pad_id).sum(dim=1)
 
     def loss_units(self, batch) -> torch.Tensor:
         return _units(len(batch["label"]), batch["label"])

@@ -1,5 +1,5 @@
 """The shared training loop's pieces without Ray: how an optimizer step weights its micro-batches (the same gradient
-however the step is cut into micro-batches and workers) and the model a LoRA run trains (a new head trained in
+however the step is cut into micro-batches and workers, or into pieces of similar lengths) and the model a LoRA run trains (a new head trained in
 full, saved and resumed with the adapters)."""
 
 from __future__ import annotations
@@ -76,6 +76,22 @@ def test_a_step_has_the_gradient_of_one_batch_however_it_is_cut(monkeypatch):
         monkeypatch.setattr(loop, "dist", OtherWorker(sum(ASSISTANT[i] for i in theirs)))
         grads.append(step_gradient([rows(batch, [i]) for i in mine], world=2))
     torch.testing.assert_close((grads[0] + grads[1]) / 2, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_length_groups_cut_padding_and_keep_the_gradient():
+    # Lengths 12, 5, 9, 7: padded to 12 the batch computes 48 positions; in two pieces {5, 7} and {9, 12}, 38.
+    assert loop.length_cuts([5, 7, 9, 12], 2) == [2, 4]
+    assert loop.length_cuts([3, 3, 3, 100], 3) == [3, 4]  # no third piece: it would save nothing
+    assert loop.length_cuts([4], 4) == [1]
+    batch = sft_batch()
+    objective = sft_objective()
+    pieces = loop.group_by_length(batch, objective.lengths(batch), 2)
+    assert [p["input_ids"].shape[0] for p in pieces] == [2, 2]
+    assert [int(objective.lengths(p).max()) for p in pieces] == [7, 12]
+    assert sorted(map(tuple, torch.cat([p["input_ids"] for p in pieces]).tolist())) == \
+        sorted(map(tuple, batch["input_ids"].tolist()))  # every example once, with its mask
+    torch.testing.assert_close(step_gradient(pieces), step_gradient([batch]), rtol=1e-5, atol=1e-7)
+    assert loop.group_by_length(batch, objective.lengths(batch), 1) == [batch]
 
 
 def test_a_lora_reward_model_trains_its_new_head(tmp_path):
