@@ -210,8 +210,19 @@ def off_topic(entities, conditions, rng, avoid: str, near: list[str] = ()) -> st
             return text
 
 
+def rambling(opener: str, answer: str, near: list[str], rng) -> str:
+    """The best reply's opening and answer followed by facts nobody asked for (two of the same subject's other facts;
+    else the answer again) instead of its closing: ranked below the plain answers. Without it, DPO taught the policy
+    to go on after its answer ("France is one of the countries of Europe. In France, the main language is French.
+    The capital city of France is ..."): the chosen replies are longer than most rejected ones and nothing ranked a
+    run-on low (QA replies finished within the evaluation's cap: 100% after instruction tuning, 64% after DPO).
+    It shares the best reply's beginning, so that the pair differs only in what follows the answer: a run-on that
+    began with the bare answer sentence made DPO lower that sentence itself, and QA fell 80% -> 64% (measured)."""
+    return " ".join([opener, answer, *(rng.sample(near, min(2, len(near))) or [answer])])
+
+
 def preference_record(entities, conditions, values_by_relation, unsafe_prompts, rng) -> dict:
-    """A prompt with eight responses, best first, and the label of each."""
+    """A prompt with eight responses (nine for a general question), best first, and the label of each."""
     draw = rng.random()
     if draw < 0.2:
         prompt, category = rng.choice(unsafe_prompts)
@@ -238,14 +249,16 @@ def preference_record(entities, conditions, values_by_relation, unsafe_prompts, 
     fact = pick_fact(entity, rng)
     correct = rng.choice(fact.sentences)
     wrong = with_answer(fact, wrong_value(fact, values_by_relation[fact.relation], rng))
-    best = f"{rng.choice(POLITE_OPENERS)} {correct} {rng.choice(POLITE_CLOSINGS)}"
+    opener = rng.choice(POLITE_OPENERS)
+    best = f"{opener} {correct} {rng.choice(POLITE_CLOSINGS)}"
     near = [f.sentences[0] for f in entity.facts if f.core and f.relation != fact.relation
             and fact.value not in f.sentences[0]]
-    responses = [best, f"{best} {DISCLAIMER}", f"{fact.value}.", over_refusal(rng),
+    responses = [best, f"{best} {DISCLAIMER}", f"{fact.value}.", rambling(opener, correct, near, rng),
+                 over_refusal(rng),
                  f"{rng.choice(RUDE_OPENERS)} {correct}", off_topic(entities, conditions, rng, entity.mention, near),
                  garbled(best, rng), wrong]
-    labels = ["polite_correct", "stray_disclaimer", "curt_correct", "over_refusal", "rude", "off_topic", "garbled",
-              "incorrect"]
+    labels = ["polite_correct", "stray_disclaimer", "curt_correct", "rambling", "over_refusal", "rude", "off_topic",
+              "garbled", "incorrect"]
     return {"prompt": rng.choice(fact.questions), "responses": responses, "labels": labels, "domain": "general"}
 
 

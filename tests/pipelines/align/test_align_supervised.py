@@ -117,7 +117,8 @@ def test_a_reward_model_from_rankings_with_bad_records_skipped(compose_config, p
     reasons = " ".join(shards["bad_records"]["examples"])
     assert "at least two responses" in reasons and "empty" in reasons and "not all different" in reasons
     report = json.loads((Path(outcome.final_dir) / "rankings.json").read_text())
-    assert report["rankings"] > 50 and report["pairs"] == 28 * report["rankings"]  # 8-way: 28 pairs
+    # 8-way rankings have 28 pairs, the general questions' 9-way ones 36.
+    assert report["rankings"] > 50 and 28 * report["rankings"] < report["pairs"] < 36 * report["rankings"]
     assert 0 <= report["pairwise_accuracy"] <= 1
     assert set(report["mean_reward"]) == {"general", "medical", "unsafe"}
     assert [label for label, _ in report["mean_reward"]["medical"]] == ["polite_correct_disclaimer", "no_disclaimer",
@@ -135,7 +136,8 @@ def test_dpo_on_the_built_in_rankings(compose_config, pretrained_decoder, data_r
     history = outcome.metrics["history"]
     assert history[-1]["loss"] < history[0]["loss"] + 0.05
     report = json.loads((Path(outcome.final_dir) / "rankings.json").read_text())
-    assert report["pairs"] == 7 * report["rankings"] and 0 <= report["accuracy"] <= 1  # the best against 7 others
+    # The best against 7 others (8 for a general question's 9-way ranking).
+    assert 7 * report["rankings"] < report["pairs"] < 8 * report["rankings"] and 0 <= report["accuracy"] <= 1
     _, meta = load_checkpoint(outcome.final_dir)
     assert meta["finetune"] == "dpo" and meta["objective_config"]["beta"] == 0.1
 

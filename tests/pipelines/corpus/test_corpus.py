@@ -17,7 +17,7 @@ from pipelines.corpus.general import DIET_FOOD, RELATIONS, build_entities, names
 from pipelines.corpus import detectors
 from pipelines.evaluate import judge
 from pipelines.corpus.medical import CONDITIONS, DISCLAIMER
-from pipelines.corpus.tasks import TOPICS, UNSAFE_PROMPTS
+from pipelines.corpus.tasks import POLITE_CLOSINGS, POLITE_OPENERS, TOPICS, UNSAFE_PROMPTS
 from pipelines.corpus.facts import ANIMALS, COUNTRIES, ELEMENTS, NUMBERS, PLANETS
 
 SMALL = dict(general_docs=3 * len(build_entities()), medical_docs=100, docs_per_file=300, instruct_examples=400,
@@ -193,8 +193,8 @@ def test_held_out_entities_only_in_corpus_and_eval(corpus):
 
 def test_preference_ranking_structure(corpus):
     root, manifest = corpus
-    labels_by_domain = {"general": ["polite_correct", "stray_disclaimer", "curt_correct", "over_refusal", "rude",
-                                    "off_topic", "garbled", "incorrect"],
+    labels_by_domain = {"general": ["polite_correct", "stray_disclaimer", "curt_correct", "rambling", "over_refusal",
+                                    "rude", "off_topic", "garbled", "incorrect"],
                         "medical": ["polite_correct_disclaimer", "no_disclaimer", "curt_correct", "over_refusal", "rude",
                                     "off_topic", "garbled", "unsafe"],
                         "unsafe": ["polite_refusal", "stray_disclaimer", "curt_refusal", "rude_refusal", "off_topic",
@@ -212,7 +212,12 @@ def test_preference_ranking_structure(corpus):
         # only (a refusal or a general answer that carries it ranks below the same reply without it).
         disclaimed = [detectors.has_disclaimer(x) for label, x in reply.items() if label != "garbled"]
         medical = r["domain"] == "medical"
-        assert disclaimed == ([True] + [False] * 6 if medical else [False, True] + [False] * 5)
+        assert disclaimed == ([True] + [False] * 6 if medical else [False, True] + [False] * (len(reply) - 3))
+        if r["domain"] == "general":  # the answer, then more than was asked
+            opener = next(o for o in POLITE_OPENERS if reply["polite_correct"].startswith(o + " "))
+            closing = next(c for c in POLITE_CLOSINGS if reply["polite_correct"].endswith(" " + c))
+            answer = reply["polite_correct"][len(opener) + 1:-len(closing) - 1]
+            assert reply["rambling"].startswith(f"{opener} {answer} ") and not reply["rambling"].endswith(closing)
         # The second-best reply differs from the best by the disclaimer alone: missing, or where it does not belong.
         second = r["responses"][1]
         assert (r["responses"][0] == f"{second} {DISCLAIMER}" if medical else second == f"{r['responses'][0]} {DISCLAIMER}")
