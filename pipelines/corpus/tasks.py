@@ -217,7 +217,7 @@ def rambling(opener: str, answer: str, near: list[str], rng) -> str:
     The capital city of France is ..."): the chosen replies are longer than most rejected ones and nothing ranked a
     run-on low (QA replies finished within the evaluation's cap: 100% after instruction tuning, 64% after DPO).
     It shares the best reply's beginning, so that the pair differs only in what follows the answer: a run-on that
-    began with the bare answer sentence made DPO lower that sentence itself, and QA fell 80% -> 64% (measured)."""
+    began with the bare answer sentence made DPO lower that sentence itself, and QA fell 80% -> 60% (measured)."""
     return " ".join([opener, answer, *(rng.sample(near, min(2, len(near))) or [answer])])
 
 

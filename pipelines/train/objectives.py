@@ -114,10 +114,15 @@ def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.T
     return (losses * weights.flatten()).sum() / count.clamp(min=1), count
 
 
+def unpadded_lengths(batch: Mapping[str, torch.Tensor], pad_id: int) -> torch.Tensor:
+    """(B,) the examples' lengths without their right padding (what `trainer.length_groups` groups by)."""
+    return (batch["input_ids"] != pad_id).sum(dim=1)
+
+
 def trim_padding(batch: Mapping[str, torch.Tensor], pad_id: int, names: tuple[str, ...]) -> dict:
     """The token columns `names` cut to the batch's longest example (examples are right-padded with pad_id)."""
     ids = batch["input_ids"]
-    length = int((ids != pad_id).sum(dim=1).max()) if ids.numel() else 0
+    length = int(unpadded_lengths(batch, pad_id).max()) if ids.numel() else 0
     length = max(length, 2)
     return {name: batch[name][:, :length] for name in names}
 
@@ -133,11 +138,10 @@ class SupervisedChat(CausalLM):
         return loss, {"loss": _stat(loss * count, count)}
 
     def tokens(self, batch) -> int:
-        return int((batch["input_ids"] != self.pad_id).sum())
+        return int(self.lengths(batch).sum())
 
     def lengths(self, batch) -> torch.Tensor:
-        """(B,) the examples' lengths without their right padding (what `trainer.length_groups` groups by)."""
-        return (batch["input_ids"] != self.pad_id).sum(dim=1)
+        return unpadded_lengths(batch, self.pad_id)
 
     def loss_units(self, batch) -> torch.Tensor:
         """The assistant tokens the loss is over: the targets where `loss_mask` is set."""
@@ -168,10 +172,10 @@ class Classification(nn.Module):
         return loss, {"loss": _stat(loss * n, n), "acc": _stat((logits.argmax(-1) == target).sum(), n)}
 
     def tokens(self, batch) -> int:
-        return int((batch["input_ids"] != self.pad_id).sum())
+        return int(self.lengths(batch).sum())
 
     def lengths(self, batch) -> torch.Tensor:
-        return (batch["input_ids"] != self.pad_id).sum(dim=1)
+        return unpadded_lengths(batch, self.pad_id)
 
     def loss_units(self, batch) -> torch.Tensor:
         return _units(len(batch["label"]), batch["label"])
